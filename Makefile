@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv on first use (scripts/setup-env.sh).
+
+VENV ?= .venv
+SELFSUP := $(VENV)/bin/selfsup
+DEMO_RUN ?= runs/demo
+
+.PHONY: setup demo test test-fast lint format clean
+
+setup:
+	@scripts/setup-env.sh
+
+# Small SimCLR pretraining on CIFAR-10, then the linear-probe report (~5 min on 2 CPU cores).
+demo: setup
+	$(SELFSUP) train configs/demo.yaml run_dir=$(DEMO_RUN)
+	$(SELFSUP) probe $(DEMO_RUN)
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

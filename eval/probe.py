@@ -1,0 +1,141 @@
+"""Frozen-feature evaluation of a pretrained backbone: linear probe and kNN per dataset.
+
+The trained backbone is evaluated beside the same architecture at random
+initialisation, built from the run's seed: that is exactly the network the
+run started from, so the gap between the two is what pretraining learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import train_linear_classifier
+from selfsup.pipelines.config import ProbeConfig
+from selfsup.pipelines.data_sources import dataset_info, open_dataset
+from selfsup.pipelines.datasets import take_subset
+from selfsup.pipelines.engine import PRECISIONS, resolve_device
+from selfsup.pipelines.loaders import eval_loader
+from selfsup.pipelines.seeding import seed_everything
+from selfsup.pipelines.weights import BackboneInfo, load_backbone
+from selfsup.ssl.backbones import Backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scores:
+    linear_top1: float
+    knn_top1: float
+    linear_train_top1: float
+
+
+@dataclass
+class DatasetResult:
+    dataset: str
+    train_images: int
+    test_images: int
+    image_size: int
+    trained: Scores
+    random_init: Scores | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ProbeOutcome:
+    info: BackboneInfo
+    settings: ProbeConfig
+    results: list[DatasetResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        info = asdict(self.info)
+        info["run_dir"] = str(self.info.run_dir) if self.info.run_dir else None
+        return {
+            "backbone": info,
+            "settings": asdict(self.settings),
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def probe(path: str | Path, settings: ProbeConfig, device: str = "auto") -> ProbeOutcome:
+    """Probe the backbone at ``path`` (run directory, checkpoint folder or .pt file)."""
+    trained, info = load_backbone(path)
+    backbones: list[Backbone] = [trained]
+    if settings.baseline:
+        seed_everything(info.seed)  # the same draw the run's first weights came from
+        backbones.append(info.build())
+    torch_device = resolve_device(device)
+    outcome = ProbeOutcome(info=info, settings=settings)
+    for name in settings.datasets:
+        outcome.results.append(_probe_dataset(name, backbones, info, settings, torch_device))
+    return outcome
+
+
+def _probe_dataset(
+    name: str,
+    backbones: list[Backbone],
+    info: BackboneInfo,
+    settings: ProbeConfig,
+    device: torch.device,
+) -> DatasetResult:
+    started = time.perf_counter()
+    image_size = settings.image_size or info.image_size
+    train = take_subset(open_dataset(name, "train", settings.data_path), settings.train_samples)
+    test = take_subset(open_dataset(name, "test", settings.data_path), settings.test_samples)
+    num_classes = dataset_info(name).num_classes or len(train.classes)
+    log.info(
+        "probing on %s: %d train / %d test images at %d px", name, len(train), len(test), image_size
+    )
+    dtype = PRECISIONS.get(settings.precision)
+    features = []
+    for split in (train, test):
+        loader = eval_loader(split, image_size, settings.batch_size, settings.num_workers)
+        features.append(extract_features(backbones, loader, device, info.mean, info.std, dtype))
+    (train_feats, train_labels), (test_feats, test_labels) = features
+    scores = [
+        _score(train_feats[i], train_labels, test_feats[i], test_labels, num_classes, settings)
+        for i in range(len(backbones))
+    ]
+    result = DatasetResult(
+        dataset=name,
+        train_images=len(train),
+        test_images=len(test),
+        image_size=image_size,
+        trained=scores[0],
+        random_init=scores[1] if len(scores) > 1 else None,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    log.info(
+        "%s: linear %.2f%%, kNN %.2f%% (random init: %s)",
+        name, result.trained.linear_top1, result.trained.knn_top1,
+        f"linear {scores[1].linear_top1:.2f}%, kNN {scores[1].knn_top1:.2f}%"
+        if len(scores) > 1 else "not run",
+    )  # fmt: skip
+    return result
+
+
+def _score(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    settings: ProbeConfig,
+) -> Scores:
+    linear = train_linear_classifier(
+        train_x, train_y, test_x, test_y, num_classes,
+        epochs=settings.epochs, lr=settings.lr, weight_decay=settings.weight_decay,
+        batch_size=settings.batch_size,
+    )  # fmt: skip
+    knn = knn_accuracy(
+        train_x, train_y, test_x, test_y, num_classes,
+        k=settings.knn_k, temperature=settings.knn_temperature,
+    )  # fmt: skip
+    return Scores(linear_top1=linear.top1, knn_top1=knn, linear_train_top1=linear.train_top1)

@@ -1,0 +1,242 @@
+"""Reports: ``report.json`` (for tools), ``report.md`` + ``loss.png`` (for people), tables.
+
+The training-loss curve is read back from the run's TensorBoard event files,
+the single record of what was logged (and already cleaned of steps replayed
+after a resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from selfsup.eval.probe import ProbeOutcome
+from selfsup.pipelines.config import load_saved_config
+from selfsup.pipelines.monitor import TB_DIR
+from selfsup.pipelines.run_dir import CONFIG_FILE, SUMMARY_FILE
+
+log = logging.getLogger(__name__)
+
+FORMAT = "selfsup.report/1"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+LOSS_PNG = "loss.png"
+
+
+def read_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """All ``(step, value)`` points of ``tag`` in a TensorBoard log directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not tb_dir.is_dir():
+        return []
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags().get("scalars", []):
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    steps, values = zip(*points, strict=True)
+    ax.plot(steps, values, color="#1f77b4", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_report(outcome: ProbeOutcome) -> dict[str, Any]:
+    """Everything worth keeping about a run and its probe, as JSON-able data."""
+    report: dict[str, Any] = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "probe": outcome.to_dict(),
+        "run": None,
+    }
+    run_dir = outcome.info.run_dir
+    if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
+        config = load_saved_config(run_dir / CONFIG_FILE)
+        summary_path = run_dir / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        report["run"] = {
+            "name": config.name,
+            "dir": str(run_dir),
+            "method": config.method.name,
+            "backbone": config.model.backbone,
+            "dataset": config.data.dataset,
+            "image_size": config.data.image_size,
+            "batch_size": config.data.batch_size,
+            "optimizer": config.optim.name,
+            "precision": config.train.precision,
+            "step": outcome.info.step,
+            "total_steps": summary.get("total_steps"),
+            "final_loss": summary.get("final_loss"),
+            "loss_curve": read_scalars(run_dir / TB_DIR, "train/loss"),
+        }
+    return report
+
+
+def write_report(outcome: ProbeOutcome, out_dir: Path) -> dict[str, Any]:
+    """Write report.json, report.md and loss.png into ``out_dir``; log to TensorBoard."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = build_report(outcome)
+    run = report["run"]
+    if run and run["loss_curve"]:
+        title = f"{run['method']} / {run['backbone']} on {run['dataset']}"
+        plot_loss(run["loss_curve"], out_dir / LOSS_PNG, title)
+    _write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
+    _write_atomic(
+        out_dir / REPORT_MD, render_markdown(report, has_plot=(out_dir / LOSS_PNG).is_file())
+    )
+    if outcome.info.run_dir is not None:
+        log_to_tensorboard(outcome, outcome.info.run_dir / TB_DIR)
+    return report
+
+
+def log_to_tensorboard(outcome: ProbeOutcome, tb_dir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = outcome.info.step or 0
+    with SummaryWriter(str(tb_dir)) as writer:
+        for result in outcome.results:
+            prefix = f"probe/{result.dataset}"
+            writer.add_scalar(f"{prefix}/linear_top1", result.trained.linear_top1, step)
+            writer.add_scalar(f"{prefix}/knn_top1", result.trained.knn_top1, step)
+            if result.random_init is not None:
+                writer.add_scalar(
+                    f"{prefix}/random_init_linear_top1", result.random_init.linear_top1, step
+                )
+                writer.add_scalar(
+                    f"{prefix}/random_init_knn_top1", result.random_init.knn_top1, step
+                )
+
+
+def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per probed dataset: the accuracy table of a single report."""
+    rows = []
+    for r in report["probe"]["results"]:
+        row = [r["dataset"], f"{r['train_images']:,} / {r['test_images']:,}"]
+        base = r.get("random_init")
+        for metric in ("linear_top1", "knn_top1"):
+            trained = r["trained"][metric]
+            row.append(f"{trained:.2f}")
+            row += [f"{base[metric]:.2f}", f"{trained - base[metric]:+.2f}"] if base else ["-", "-"]
+        rows.append(row)
+    return rows
+
+
+ACCURACY_HEADER = [
+    "dataset", "train / test images",
+    "linear (trained)", "linear (random init)", "linear gain",
+    "kNN (trained)", "kNN (random init)", "kNN gain",
+]  # fmt: skip
+
+
+def render_markdown(report: dict[str, Any], has_plot: bool) -> str:
+    probe = report["probe"]
+    backbone = probe["backbone"]
+    settings = probe["settings"]
+    run = report["run"]
+    title = run["name"] if run else Path(backbone["origin"]).name
+    lines = [f"# selfsup report: {title}", ""]
+    if run:
+        loss = f"{run['final_loss']:.4f}" if run.get("final_loss") is not None else "n/a"
+        lines += [
+            f"**{run['method']}** pretraining of **{run['backbone']}** "
+            f"({backbone['source']}{', CIFAR stem' if backbone['cifar_stem'] else ''}) on "
+            f"**{run['dataset']}** at {run['image_size']} px: {run['step']} steps of "
+            f"{run['batch_size']} images ({run['optimizer']}, {run['precision']}), "
+            f"final loss {loss}.",
+            "",
+        ]
+    lines += [
+        f"Weights: `{backbone['origin']}`"
+        + (f" (step {backbone['step']})" if backbone["step"] else ""),
+        "",
+        "## Frozen-feature accuracy (top-1, %)",
+        "",
+        _markdown_table(ACCURACY_HEADER, accuracy_rows(report)),
+        "",
+        f"*Linear*: one linear layer on standardised features, AdamW, {settings['epochs']} epochs. "
+        f"*kNN*: k={settings['knn_k']}, cosine similarity, temperature "
+        f"{settings['knn_temperature']}. *Random init*: the same architecture with the "
+        "run's initial weights (same seed), before any training.",
+        "",
+    ]
+    if has_plot:
+        lines += ["## Training loss", "", f"![training loss]({LOSS_PNG})", ""]
+    lines += [f"Generated {report['created']}.", ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    from selfsup.errors import SelfsupError
+
+    path = run_dir / REPORT_JSON if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise SelfsupError(f"{path} not found; run `selfsup probe {run_dir}` first")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SelfsupError(f"{path} is not valid JSON ({exc}); run `selfsup probe` again") from exc
+    if report.get("format") != FORMAT:
+        raise SelfsupError(f"{path} is not a selfsup report")
+    return report
+
+
+def comparison(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a table comparing runs: one row per run, two columns per dataset."""
+    datasets: list[str] = []
+    for report in reports:
+        for r in report["probe"]["results"]:
+            if r["dataset"] not in datasets:
+                datasets.append(r["dataset"])
+    header = ["run", "method", "backbone", "steps", "final loss"]
+    for name in datasets:
+        header += [f"{name} linear", f"{name} kNN"]
+    rows = []
+    for report in reports:
+        run = report.get("run") or {}
+        backbone = report["probe"]["backbone"]
+        loss = run.get("final_loss")
+        row = [
+            run.get("name") or Path(backbone["origin"]).name,
+            run.get("method", "-"),
+            backbone["name"],
+            str(backbone.get("step") or "-"),
+            f"{loss:.4f}" if loss is not None else "-",
+        ]
+        by_name = {r["dataset"]: r for r in report["probe"]["results"]}
+        for name in datasets:
+            r = by_name.get(name)
+            row += (
+                [f"{r['trained']['linear_top1']:.2f}", f"{r['trained']['knn_top1']:.2f}"]
+                if r
+                else ["-", "-"]
+            )
+        rows.append(row)
+    return header, rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

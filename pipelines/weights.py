@@ -1,0 +1,190 @@
+"""Backbone weights for evaluation: export to, and load from, weights-only files.
+
+``backbone.pt`` holds only tensors, strings and numbers, so it loads with
+``torch.load(weights_only=True)``: opening it cannot run code. Its
+``state_dict`` uses the library's own parameter names (torchvision or timm).
+
+:func:`load_backbone` accepts a run directory, a checkpoint folder
+(``checkpoints/step_*``) or a ``backbone.pt`` file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from selfsup.errors import CheckpointError
+from selfsup.pipelines import checkpoint as ckpt
+from selfsup.pipelines.config import RunConfig, load_saved_config
+from selfsup.pipelines.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE
+from selfsup.ssl.backbones import Backbone, build_backbone
+
+FORMAT = "selfsup.backbone/1"
+
+
+@dataclass
+class BackboneInfo:
+    """What evaluation needs to know about loaded weights."""
+
+    name: str
+    source: str
+    cifar_stem: bool
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    step: int | None
+    origin: str  # the file or folder the weights came from
+    run_dir: Path | None  # the run they belong to, where known
+    seed: int = 0  # the run's seed: the random-init baseline uses the same initialisation
+
+    def build(self) -> Backbone:
+        """A fresh backbone of this architecture (random weights)."""
+        return build_backbone(self.name, self.source, self.cifar_stem)
+
+
+def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step: int | None):
+    return BackboneInfo(
+        name=config.model.backbone,
+        source=config.model.source,
+        cifar_stem=config.model.cifar_stem,
+        image_size=config.data.image_size,
+        mean=list(config.data.mean),
+        std=list(config.data.std),
+        step=step,
+        origin=origin,
+        run_dir=run_dir,
+        seed=config.train.seed,
+    )
+
+
+def save_backbone(path: Path, backbone: Backbone, info: BackboneInfo) -> None:
+    """Write a weights-only backbone file atomically."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "backbone": {"name": info.name, "source": info.source, "cifar_stem": info.cifar_stem},
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "step": info.step if info.step is not None else -1,
+        "seed": info.seed,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in backbone.trunk.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
+    """Load trained backbone weights from a run directory, checkpoint folder or file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist; pass a run directory, a checkpoints/step_* folder "
+            "or a backbone .pt file"
+        )
+    if path.is_file():
+        return load_backbone_file(path)
+    if (path / ckpt.META_FILE).is_file():
+        return _load_from_checkpoint(path, run_dir=path.parent.parent)
+    if (path / CONFIG_FILE).is_file():
+        if (path / BACKBONE_FILE).is_file():
+            return load_backbone_file(path / BACKBONE_FILE, run_dir=path)
+        latest = ckpt.find_latest(path / CHECKPOINT_DIR)
+        if latest is not None:
+            return _load_from_checkpoint(latest, run_dir=path)
+        raise CheckpointError(f"run directory {path} holds no checkpoint yet; train it first")
+    raise CheckpointError(
+        f"{path} is not a selfsup run directory or checkpoint (no {CONFIG_FILE}, no "
+        f"{ckpt.META_FILE}); pass a run directory, a checkpoints/step_* folder or a .pt file"
+    )
+
+
+def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbone, BackboneInfo]:
+    """Load a weights-only backbone file; code-carrying pickles are refused."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive; older tools a bare pickle (protocol >= 2 starts with 0x80).
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a torch weights file (neither a zip archive nor a pickle); pass a "
+            "run directory, a checkpoints/step_* folder or a backbone .pt file"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses anything but tensors and plain containers. Name
+        # the Python object a malicious pickle asks for, where torch reports it.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"a pickled Python object ({found.group(1)})" if found else "pickled data"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds {what} that torch.load(weights_only=True) "
+            "rejects; loading it could run arbitrary code. selfsup loads only plain-tensor "
+            "files such as the backbone.pt a run writes"
+        ) from exc
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(
+            f"{path} is not a readable torch weights file ({type(exc).__name__}); "
+            "it may be truncated or of another format"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a selfsup backbone file (expected format {FORMAT!r}); "
+            "export one with `selfsup checkpoint export`"
+        )
+    spec = payload["backbone"]
+    info = BackboneInfo(
+        name=spec["name"],
+        source=spec["source"],
+        cifar_stem=bool(spec["cifar_stem"]),
+        image_size=int(payload["image_size"]),
+        mean=list(payload["mean"]),
+        std=list(payload["std"]),
+        step=int(payload["step"]) if payload.get("step", -1) >= 0 else None,
+        origin=str(path),
+        run_dir=run_dir,
+        seed=int(payload.get("seed", 0)),
+    )
+    backbone = info.build()
+    result = backbone.trunk.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path} does not match a {info.name} backbone (missing: "
+            f"{', '.join(result.missing_keys[:5]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+        )
+    return backbone, info
+
+
+def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
+    """Read only the backbone's tensors out of a training checkpoint."""
+    meta = ckpt.read_meta(path)
+    config = load_saved_config(run_dir / CONFIG_FILE)
+    info = info_from_config(config, str(path), run_dir, int(meta["step"]))
+    backbone = info.build()
+    wanted = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    ckpt.check_model_keys(path, wanted, _backbone_keys(ckpt.stored_keys(path)))
+    state = {"model": wanted}
+    with ckpt.quiet_dcp():
+        try:
+            dcp.load(state, checkpoint_id=path)
+        except ckpt.DCP_ERRORS as exc:
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({ckpt.describe_dcp_error(exc)}); "
+                "it is incomplete or corrupt"
+            ) from exc
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items()})
+    return backbone, info
+
+
+def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stored.items() if k.startswith("model.backbone.")}

@@ -1,0 +1,204 @@
+"""The ``selfsup`` command line.
+
+This is the one module that reaches every part of the package. It imports
+them (and torch) only inside the sub-command that needs them, so
+``selfsup --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from selfsup import __version__
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+EPILOG = """examples:
+  selfsup train configs/demo.yaml
+  selfsup train configs/simclr_resnet18_cifar10.yaml optim.base_lr=0.5 train.epochs=200
+  selfsup probe runs/demo
+  selfsup report runs/demo runs/other
+  selfsup config show configs/demo.yaml train.max_steps=10
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup",
+        description="Self-supervised pretraining of vision backbones and its evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="pretrain a backbone (resumes automatically)")
+    train.add_argument("config", help="recipe YAML, e.g. configs/demo.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.add_argument("--data", help="dataset folder (sets data.path)")
+    train.set_defaults(func=cmd_train)
+
+    probe = commands.add_parser("probe", help="linear probe + kNN of a pretrained backbone")
+    probe.add_argument("path", help="run directory, checkpoints/step_* folder or backbone .pt")
+    probe.add_argument("overrides", nargs="*", help="probe settings as key=value (e.g. epochs=50)")
+    probe.add_argument("--data", help="root folder holding the evaluation datasets")
+    probe.add_argument("--datasets", help="comma-separated, e.g. cifar10,fashion_mnist")
+    probe.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
+    probe.add_argument("--out", help="where to write the report (default: the run directory)")
+    probe.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    probe.set_defaults(func=cmd_probe)
+
+    report = commands.add_parser("report", help="compare the reports of several runs")
+    report.add_argument("runs", nargs="+", help="run directories (or report.json files)")
+    report.set_defaults(func=cmd_report)
+
+    config = commands.add_parser("config", help="inspect configs")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    show = config_commands.add_parser("show", help="print the resolved config")
+    show.add_argument("config", help="recipe YAML")
+    show.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    show.set_defaults(func=cmd_config_show)
+    keys = config_commands.add_parser("keys", help="list every config key")
+    keys.set_defaults(func=cmd_config_keys)
+    config.set_defaults(func=lambda args: config.print_help() or 0)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.config import load_config
+    from selfsup.pipelines.trainer import train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    result = train(load_config(args.config, overrides))
+    if result.stopped_by:
+        return EXIT_INTERRUPTED
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from selfsup.eval.probe import probe
+    from selfsup.eval.report import write_report
+    from selfsup.pipelines.run_dir import probe_config_for
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data_path={args.data}")
+    if args.datasets:
+        overrides.append(f"datasets=[{args.datasets}]")
+    if args.no_baseline:
+        overrides.append("baseline=false")
+    settings = probe_config_for(Path(args.path), overrides)
+    outcome = probe(args.path, settings, device=args.device)
+    out_dir = Path(args.out) if args.out else (outcome.info.run_dir or Path(args.path).parent)
+    report = write_report(outcome, out_dir)
+    _print_accuracy_table(report)
+    print(f"report: {out_dir / 'report.md'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.eval.report import comparison, load_report
+
+    reports = [load_report(Path(run)) for run in args.runs]
+    header, rows = comparison(reports)
+    _print_table("runs", header, rows)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.config import valid_keys
+
+    print("\n".join(valid_keys()))
+    return 0
+
+
+def _print_accuracy_table(report: dict) -> None:
+    from selfsup.eval.report import ACCURACY_HEADER, accuracy_rows
+
+    _print_table("frozen-feature accuracy (top-1, %)", ACCURACY_HEADER, accuracy_rows(report))
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in header:
+        justify = "left" if column in ("dataset", "run") else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    # A wide virtual console: the table takes its natural width instead of
+    # wrapping cells when stdout is a pipe or a log file.
+    print(title)
+    Console(width=250).print(table)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:  # re-raised from a worker: the message is the last line
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger = logging.getLogger("selfsup")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # the run's log file keeps INFO lines even with --quiet
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come after options (`probe RUN --data D epochs=5`), which
+    # argparse leaves over; every left-over must then be a key=value override.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    _setup_logging(args.quiet)
+    from selfsup.errors import SelfsupError
+
+    try:
+        return int(args.func(args) or 0)
+    except SelfsupError as exc:
+        print(f"selfsup: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("selfsup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        # A DataLoader worker re-raises our errors as their own type; keep them one line.
+        if "Original Traceback" in str(exc) and "selfsup.errors." in str(exc):
+            print(f"selfsup: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""SLURM jobs through submitit."""

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from selfsup.pipelines.augment import BatchAugment, Normalize, blur_kernel_size, blur_probability
+from selfsup.pipelines.config import AugmentConfig
+
+
+def uint8_views(n=8, size=32, views=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        for _ in range(views)
+    ]
+
+
+def test_output_is_normalised_float_of_the_same_shape():
+    augment = BatchAugment(AugmentConfig(), 32, [0.5] * 3, [0.25] * 3)
+    out = augment(uint8_views(), seed=0)
+    assert len(out) == 2 and out[0].shape == (8, 3, 32, 32) and out[0].dtype == torch.float32
+    assert out[0].min() >= -2.1 and out[0].max() <= 2.1  # (x/255 - 0.5) / 0.25
+
+
+def test_same_seed_same_output_other_seed_other_output():
+    augment = BatchAugment(AugmentConfig(), 32, [0.5] * 3, [0.25] * 3)
+    views = uint8_views()
+    a, b, c = augment(views, seed=7), augment(views, seed=7), augment(views, seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_the_callers_rng_stream_is_untouched():
+    augment = BatchAugment(AugmentConfig(), 32, [0.5] * 3, [0.25] * 3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    augment(uint8_views(), seed=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_parameters_are_drawn_per_sample():
+    # Eight copies of one image must come out different: each sample gets its own draw.
+    image = uint8_views(n=1)[0]
+    batch = image.repeat(8, 1, 1, 1)
+    cfg = AugmentConfig(color_jitter_prob=1.0, hflip_prob=0.5)
+    out = BatchAugment(cfg, 32, [0.5] * 3, [0.25] * 3)([batch, batch], seed=3)[0]
+    distinct = {tuple(out[i].flatten()[:50].tolist()) for i in range(8)}
+    assert len(distinct) == 8
+
+
+def test_no_ops_configured_means_only_normalisation():
+    cfg = AugmentConfig(hflip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    views = uint8_views()
+    out = BatchAugment(cfg, 32, [0.0] * 3, [1.0] * 3)(views, seed=0)
+    assert torch.allclose(out[0], views[0].float() / 255, atol=1e-6)
+
+
+def test_grayscale_with_probability_one_equalises_channels():
+    cfg = AugmentConfig(hflip_prob=0, color_jitter_prob=0, grayscale_prob=1.0, blur_prob=0)
+    out = BatchAugment(cfg, 32, [0.0] * 3, [1.0] * 3)(uint8_views(), seed=0)[0]
+    assert torch.allclose(out[:, 0], out[:, 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("size, expected", [(32, 0.0), (64, 0.5), (224, 0.5)])
+def test_blur_is_on_only_where_it_fits_the_resolution(size, expected):
+    assert blur_probability(AugmentConfig(), size) == expected
+    assert blur_probability(AugmentConfig(blur_prob=0.3), size) == 0.3
+    assert blur_kernel_size(size) % 2 == 1
+
+
+def test_normalize_channels_last():
+    out = Normalize([0.0] * 3, [1.0] * 3, channels_last=True)(
+        torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    )
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,111 @@
+"""Whole runs through the real entry point: crash and resume, graceful stop, real data."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+def long_overrides(tiny_overrides, run_dir):
+    return [*tiny_overrides, f"run_dir={run_dir}", "train.max_steps=40", "checkpoint.every_steps=5"]
+
+
+def start_training(overrides) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "selfsup", "train", DEMO, *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def backbone(run_dir: Path) -> dict:
+    return torch.load(run_dir / "backbone.pt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_resumes_and_ends_identical(tiny_overrides, tmp_path):
+    straight = start_training(long_overrides(tiny_overrides, tmp_path / "a"))
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+
+    crashed = tmp_path / "b"
+    process = start_training(long_overrides(tiny_overrides, crashed))
+    wait_for(crashed / "checkpoints" / "step_000000010", process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert not (crashed / "backbone.pt").exists()  # it really died before the end
+
+    again = start_training(long_overrides(tiny_overrides, crashed))
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    resumed = [line for line in err.splitlines() if "resuming from checkpoint" in line]
+    assert len(resumed) == 1, err
+    step = int(resumed[0].split(" at step ")[1].split("/")[0])
+    assert 10 <= step < 40
+    a, b = backbone(tmp_path / "a"), backbone(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_between_steps_with_a_checkpoint(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    process = start_training(long_overrides(tiny_overrides, run))
+    wait_for(run / "checkpoints" / "step_000000005", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    stopped = [line for line in err.splitlines() if "stopped by SIGTERM at step" in line]
+    assert len(stopped) == 1, err
+    step = int(stopped[0].split(" at step ")[1].split("/")[0])
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{step:09d}"
+    assert main(["train", DEMO, *long_overrides(tiny_overrides, run)]) == 0
+    assert (run / "backbone.pt").is_file()
+
+
+def test_train_resume_probe_report_through_the_cli(tiny_overrides, data_root, tmp_path, capsys):
+    run = tmp_path / "cli_run"
+    assert main(["train", DEMO, *tiny_overrides, f"run_dir={run}", "train.max_steps=3"]) == 0
+    assert main(["train", DEMO, *tiny_overrides, f"run_dir={run}"]) == 0  # extends 3 -> 6
+    assert "resuming from checkpoint" in (run / "train.log").read_text()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000000006"
+    assert main(["probe", str(run), "--data", str(data_root), "--datasets", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "frozen-feature accuracy" in out and "cifar10" in out
+    assert main(["report", str(run)]) == 0
+    assert "cifar10 linear" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_real_cifar10_train_and_probe(shared_data, tmp_path, capsys):
+    run = tmp_path / "real"
+    overrides = [
+        f"run_dir={run}", f"data.path={shared_data.cifar10_jpeg}", "data.train_samples=512",
+        "data.batch_size=64", "train.max_steps=4", "checkpoint.every_steps=2",
+    ]  # fmt: skip
+    assert main(["train", DEMO, *overrides]) == 0
+    probe_args = ["train_samples=500", "test_samples=200", "epochs=5", "knn_k=20"]
+    assert main(["probe", str(run), "--data", str(shared_data.root), *probe_args]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10" in out and "fashion_mnist" in out
+    report = (run / "report.md").read_text()
+    assert "| cifar10 | 500 / 200 |" in report
