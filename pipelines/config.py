@@ -26,7 +26,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, did_you_mean
 
 BASE_KEY = "_base_"
 
@@ -260,10 +260,9 @@ def validate(config: RunConfig) -> None:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), choices, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(
-                f"config key '{key}' is '{value}'{suggestion}; valid values: {', '.join(choices)}"
+                f"config key '{key}' is '{value}'{did_you_mean(str(value), choices)}; "
+                f"valid values: {', '.join(choices)}"
             )
     positive = {
         "data.image_size": config.data.image_size,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.errors import DataError
+from selfsup.errors import DataError, unknown_name
 from selfsup.pipelines.datasets import (
     ImageDataset,
     read_cifar10_pickle,
@@ -162,9 +162,7 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DataError(
-            f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}"
-        ) from None
+        raise unknown_name("dataset", name, sorted(DATASETS)) from None
 
 
 def locate_dataset(name: str, path: str | Path | None = None) -> LocatedDataset:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, unknown_name
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -128,5 +128,5 @@ class Engine:
 def build_engine(name: str, device: torch.device, precision: str, clip: float | None) -> Engine:
     engines: dict[str, type[Engine]] = {"single": Engine}
     if name not in engines:
-        raise ConfigError(f"unknown engine '{name}'; available: {', '.join(engines)}")
+        raise unknown_name("engine", name, tuple(engines))
     return engines[name](device, precision, clip)

@@ -31,3 +31,18 @@ class DependencyError(SelfsupError):
 
 class TrainingError(SelfsupError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def unknown_name(kind: str, name: str, choices: list[str] | tuple[str, ...]) -> ConfigError:
+    """The error for a name missing from a registry: suggestion plus the full list."""
+    return ConfigError(
+        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices)}"
+    )

@@ -9,14 +9,13 @@ weights load straight into ``torchvision.models.resnet18()`` (with
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from selfsup.errors import ConfigError
+from selfsup.errors import unknown_name
 
 SOURCES = ("torchvision", "timm")
 
@@ -72,13 +71,9 @@ def build_backbone(name: str, source: str = "torchvision", cifar_stem: bool = Fa
     """Build a randomly initialised backbone by registry name."""
     spec = BACKBONES.get(name)
     if spec is None:
-        hint = difflib.get_close_matches(name, backbone_names(), n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ConfigError(
-            f"unknown backbone '{name}'{suggestion}; available: {', '.join(backbone_names())}"
-        )
+        raise unknown_name("backbone", name, backbone_names())
     if source not in SOURCES:
-        raise ConfigError(f"unknown backbone source '{source}'; use one of {', '.join(SOURCES)}")
+        raise unknown_name("backbone source", source, SOURCES)
     return Backbone(spec.build(source, cifar_stem), spec.feature_dim, name)
 
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -42,6 +43,6 @@ def test_warmup_then_cosine_to_the_floor():
         scheduler.step()
     assert lrs[0] < lrs[5] < lrs[9]  # linear warmup over 10 steps
     assert max(lrs) == pytest.approx(0.256, rel=1e-6)
-    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then decays
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[10:]))  # then decays
     assert lrs[-1] == pytest.approx(0.0256, rel=1e-3)
     assert not any(math.isnan(lr) for lr in lrs)

@@ -41,6 +41,7 @@ def test_backbone_file_is_weights_only(trained_run):
     assert payload["format"] == "selfsup.backbone/1" and payload["backbone"]["name"] == "resnet18"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
 def test_code_carrying_pickle_is_refused(tmp_path, capsys, protocol):
     path = tmp_path / "evil.pt"
@@ -64,7 +65,7 @@ def test_refusal_names_the_object_a_pickle_asks_for(tmp_path):
     [
         (lambda p: p / "missing", "does not exist"),
         (lambda p: p, "is not a selfsup run directory or checkpoint"),
-        (lambda p: (p / "notes.txt").write_text("hello") and p / "notes.txt", "not a torch weights file"),
+        (lambda p: (p / "x.txt").write_text("hello") and p / "x.txt", "not a torch weights file"),
     ],
 )
 def test_paths_that_are_not_checkpoints(tmp_path, make, message):
