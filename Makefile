@@ -5,10 +5,14 @@ VENV ?= .venv
 SELFSUP := $(VENV)/bin/selfsup
 DEMO_RUN ?= runs/demo
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup setup-ffcv demo test test-fast lint format clean
 
 setup:
 	@scripts/setup-env.sh
+
+# ffcv needs apt packages (libturbojpeg, OpenCV core/imgproc) and a C++ build.
+setup-ffcv: setup
+	@scripts/install-ffcv.sh
 
 # Small SimCLR pretraining on CIFAR-10, then the linear-probe report (~5 min on 2 CPU cores).
 demo: setup
@@ -16,6 +20,7 @@ demo: setup
 	$(SELFSUP) probe $(DEMO_RUN)
 
 test: setup
+	@scripts/install-ffcv.sh || echo "make test: could not install ffcv (needs apt); its tests will be skipped"
 	$(VENV)/bin/python -m pytest
 
 test-fast: setup

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from selfsup.pipelines.augment import Normalize
 
@@ -15,7 +14,7 @@ from selfsup.pipelines.augment import Normalize
 @torch.no_grad()
 def extract_features(
     backbones: Sequence[nn.Module],
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     mean: list[float],
     std: list[float],

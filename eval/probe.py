@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ import torch
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import train_linear_classifier
+from selfsup.pipelines.build import choose_loader
 from selfsup.pipelines.config import ProbeConfig
 from selfsup.pipelines.data_sources import dataset_info, open_dataset
-from selfsup.pipelines.datasets import take_subset
+from selfsup.pipelines.datasets import subset_indices, take_subset
 from selfsup.pipelines.engine import PRECISIONS, resolve_device
 from selfsup.pipelines.loaders import eval_loader
 from selfsup.pipelines.seeding import seed_everything
@@ -87,26 +89,25 @@ def _probe_dataset(
 ) -> DatasetResult:
     started = time.perf_counter()
     image_size = settings.image_size or info.image_size
-    train = take_subset(open_dataset(name, "train", settings.data_path), settings.train_samples)
-    test = take_subset(open_dataset(name, "test", settings.data_path), settings.test_samples)
-    num_classes = dataset_info(name).num_classes or len(train.classes)
-    log.info(
-        "probing on %s: %d train / %d test images at %d px", name, len(train), len(test), image_size
-    )
     dtype = PRECISIONS.get(settings.precision)
-    features = []
-    for split in (train, test):
-        loader = eval_loader(split, image_size, settings.batch_size, settings.num_workers)
-        features.append(extract_features(backbones, loader, device, info.mean, info.std, dtype))
+    features, sizes = [], []
+    for split, count in (("train", settings.train_samples), ("test", settings.test_samples)):
+        batches, size = _eval_batches(name, split, count, image_size, settings, device)
+        log.info("probing on %s %s: %d images at %d px", name, split, size, image_size)
+        features.append(extract_features(backbones, batches, device, info.mean, info.std, dtype))
+        sizes.append(size)
     (train_feats, train_labels), (test_feats, test_labels) = features
+    num_classes = (
+        dataset_info(name).num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    )
     scores = [
         _score(train_feats[i], train_labels, test_feats[i], test_labels, num_classes, settings)
         for i in range(len(backbones))
     ]
     result = DatasetResult(
         dataset=name,
-        train_images=len(train),
-        test_images=len(test),
+        train_images=sizes[0],
+        test_images=sizes[1],
         image_size=image_size,
         trained=scores[0],
         random_init=scores[1] if len(scores) > 1 else None,
@@ -119,6 +120,32 @@ def _probe_dataset(
         if len(scores) > 1 else "not run",
     )  # fmt: skip
     return result
+
+
+def _eval_batches(
+    name: str,
+    split: str,
+    count: int | None,
+    image_size: int,
+    settings: ProbeConfig,
+    device: torch.device,
+) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
+    """Evaluation batches of one split (from a .beton or the dataset folder) and their count."""
+    beton = settings.betons.get(f"{name}_{split}")
+    key = f"probe.betons.{name}_{split}"
+    if choose_loader(settings.loader, beton, "probe.loader", key) == "ffcv":
+        from selfsup.pipelines.beton import open_beton
+        from selfsup.pipelines.ffcv_loader import ffcv_eval_loader
+
+        assert beton is not None
+        total = int(open_beton(beton).num_samples)
+        indices = subset_indices(total, count)
+        batches = ffcv_eval_loader(
+            beton, image_size, settings.batch_size, settings.num_workers, device, indices=indices
+        )
+        return batches, total if indices is None else len(indices)
+    dataset = take_subset(open_dataset(name, split, settings.data_path), count)
+    return eval_loader(dataset, image_size, settings.batch_size, settings.num_workers), len(dataset)
 
 
 def _score(

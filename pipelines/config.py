@@ -37,7 +37,11 @@ class DataConfig:
 
     dataset: str = "cifar10"  # cifar10 | fashion_mnist | imagefolder
     path: str | None = None  # dataset folder or a root holding it; None: search default places
-    loader: str = "torchvision"
+    loader: str = "torchvision"  # torchvision | ffcv | auto (ffcv when installed and beton set)
+    beton: str | None = None  # training images as an FFCV .beton (selfsup data write)
+    ffcv_order: str = "random"  # random | quasi_random (less disk traffic, single process only)
+    os_cache: bool = True  # ffcv: let the OS page cache hold the file (False: ffcv's own cache)
+    batches_ahead: int = 3  # ffcv: batches prepared ahead of the training step
     image_size: int = 32  # side of each training view, in pixels
     batch_size: int = 256  # per process
     num_workers: int = 2
@@ -136,6 +140,8 @@ class ProbeConfig:
     knn_temperature: float = 0.1
     baseline: bool = True  # also probe the same backbone at random initialisation
     precision: str = "bf16"  # autocast for feature extraction: fp32 | bf16
+    loader: str = "torchvision"  # torchvision | ffcv | auto (ffcv where betons are given)
+    betons: dict[str, str] = field(default_factory=dict)  # "<dataset>_<train|test>" -> .beton
 
 
 @dataclass
@@ -161,7 +167,9 @@ class RunConfig:
 # Values with a fixed set of choices, checked after every merge.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("cifar10", "fashion_mnist", "imagenette", "imagefolder"),
-    "data.loader": ("torchvision",),
+    "data.loader": ("torchvision", "ffcv", "auto"),
+    "data.ffcv_order": ("random", "quasi_random"),
+    "probe.loader": ("torchvision", "ffcv", "auto"),
     "model.source": ("torchvision", "timm"),
     "method.name": ("simclr",),
     "optim.name": ("sgd", "lars", "adamw"),
@@ -283,6 +291,14 @@ def validate(config: RunConfig) -> None:
         )
     if config.data.num_workers < 0:
         raise ConfigError("config key 'data.num_workers' must be >= 0")
+    if config.data.batches_ahead < 1:
+        raise ConfigError("config key 'data.batches_ahead' must be >= 1")
+    for key in config.probe.betons:
+        dataset, _, split = key.rpartition("_")
+        if split not in ("train", "test") or not dataset:
+            raise ConfigError(
+                f"config key 'probe.betons.{key}' must be named <dataset>_train or <dataset>_test"
+            )
     low, high = _pair(config.augment.crop_scale, "augment.crop_scale")
     if not 0 < low <= high <= 1:
         raise ConfigError(
@@ -294,11 +310,13 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"config key '{key}' needs 3 values (one per RGB channel)")
     known_datasets = CHOICES["data.dataset"]
     for name in config.probe.datasets:
-        if name not in known_datasets or (name == "imagefolder" and not config.probe.data_path):
+        betons = {f"{name}_train", f"{name}_test"} <= set(config.probe.betons)
+        located = bool(config.probe.data_path) or betons
+        if name not in known_datasets or (name == "imagefolder" and not located):
             raise ConfigError(
                 f"config key 'probe.datasets' holds '{name}'; valid datasets: "
                 f"{', '.join(d for d in known_datasets if d != 'imagefolder')} "
-                "(imagefolder needs probe.data_path)"
+                "(imagefolder needs probe.data_path or probe.betons)"
             )
     if config.augment.num_views < 2 and config.method.name == "simclr":
         raise ConfigError("config key 'augment.num_views' must be >= 2 for SimCLR")

@@ -196,6 +196,29 @@ def locate_dataset(name: str, path: str | Path | None = None) -> LocatedDataset:
     )
 
 
+def detect_dataset(path: str | Path) -> str:
+    """The dataset name whose layout ``path`` has (class folders count as ``imagefolder``)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise DataError(f"dataset folder {folder} does not exist")
+    if _detect_format(CIFAR10, folder) == "cifar10-pickle":
+        return CIFAR10.name
+    if _detect_format(FASHION_MNIST, folder) or _detect_format(FASHION_MNIST, folder / "raw"):
+        return FASHION_MNIST.name
+    if _detect_format(IMAGEFOLDER, folder):
+        return IMAGEFOLDER.name
+    found = [i.name for i in (CIFAR10, FASHION_MNIST, IMAGENETTE) if _search_in_root(i, folder)]
+    if found:
+        raise DataError(
+            f"{folder} holds several datasets ({', '.join(found)}); pass --dataset NAME "
+            "or the dataset's own folder"
+        )
+    layouts = "; ".join(
+        f"{i.title}: {i.layout_hint}" for i in (CIFAR10, FASHION_MNIST, IMAGEFOLDER)
+    )
+    raise DataError(f"cannot tell which dataset {folder} holds; expected one of: {layouts}")
+
+
 def open_dataset(name: str, split: str, path: str | Path | None = None) -> ImageDataset:
     """Open the ``train`` or ``test`` split of dataset ``name``."""
     if split not in ("train", "test"):

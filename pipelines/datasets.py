@@ -114,18 +114,23 @@ class SubsetDataset(ImageDataset):
         return self.base[int(self.indices[index])]
 
 
-def take_subset(dataset: ImageDataset, count: int | None, seed: int = 0) -> ImageDataset:
-    """A seeded random subset of ``count`` items (all items when ``count`` is None or larger).
+def subset_indices(size: int, count: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of ``count`` items; None for all items.
 
     Random rather than the first ``count`` items, because class folders are
     stored class by class and a prefix would hold only the first classes.
     """
-    if count is None or count >= len(dataset):
-        return dataset
+    if count is None or count >= size:
+        return None
     if count <= 0:
         raise DataError(f"subset size must be positive, got {count}")
-    order = np.random.default_rng(seed).permutation(len(dataset))[:count]
-    return SubsetDataset(dataset, np.sort(order))
+    return np.sort(np.random.default_rng(seed).permutation(size)[:count])
+
+
+def take_subset(dataset: ImageDataset, count: int | None, seed: int = 0) -> ImageDataset:
+    """A seeded random subset of ``count`` items (see :func:`subset_indices`)."""
+    indices = subset_indices(len(dataset), count, seed)
+    return dataset if indices is None else SubsetDataset(dataset, indices)
 
 
 def read_image(path: str | Path) -> torch.Tensor:

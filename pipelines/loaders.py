@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -37,6 +38,15 @@ SampleKey = tuple[int, int]  # (dataset index, seed for that sample's randomness
 class ViewBatch:
     views: list[torch.Tensor]  # num_views x uint8 (B, 3, S, S)
     labels: torch.Tensor  # int64 (B,)
+
+
+class TrainLoader(Protocol):
+    """What the trainer needs from a loader (torchvision and FFCV provide it)."""
+
+    batch_size: int
+    steps_per_epoch: int
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]: ...
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

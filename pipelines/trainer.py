@@ -88,9 +88,7 @@ def _train(
     started = time.perf_counter()
     seed_everything(config.train.seed)  # identical initial weights on every rank
     model = build_model(config, distributed=engine.world_size > 1)
-    loader = build_train_loader(
-        config, engine.rank, engine.world_size, pin_memory=engine.device.type == "cuda"
-    )
+    loader = build_train_loader(config, engine.rank, engine.world_size, engine.device)
     augment = build_augment(config).to(engine.device)
     global_batch = config.data.batch_size * engine.world_size
     optimizer = build_optimizer(model, config.optim, global_batch)

@@ -24,6 +24,7 @@ EPILOG = """examples:
   selfsup probe runs/demo
   selfsup report runs/demo runs/other
   selfsup config show configs/demo.yaml train.max_steps=10
+  selfsup data write ../shared/data/cifar10-jpeg cifar10_train.beton --max-resolution 32
 """
 
 
@@ -53,6 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", help="where to write the report (default: the run directory)")
     probe.add_argument("--device", default="auto", help="auto | cpu | cuda")
     probe.set_defaults(func=cmd_probe)
+
+    data = commands.add_parser("data", help="write and inspect FFCV .beton files")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    write = data_commands.add_parser(
+        "write",
+        help="write a dataset folder into a .beton",
+        description="Write CIFAR-10 (pickles or image folders), Fashion-MNIST (IDX) or "
+        "ImageNet-style class folders into an FFCV .beton with 'image' and 'label' fields.",
+    )
+    write.add_argument("source", help="dataset folder (or a root holding it)")
+    write.add_argument("out", help="output file, e.g. cifar10_train.beton")
+    write.add_argument(
+        "--dataset",
+        default="auto",
+        help="auto | cifar10 | fashion_mnist | imagenette | imagefolder",
+    )
+    write.add_argument("--split", default="train", choices=("train", "test"))
+    write.add_argument("--mode", default="jpg", help="raw | jpg | proportion | smart (default jpg)")
+    write.add_argument("--max-resolution", type=int, help="cap on the longer side, in pixels")
+    write.add_argument("--jpeg-quality", type=int, default=90)
+    write.add_argument(
+        "--compress-probability", type=float, default=0.5, help="for --mode proportion"
+    )
+    write.add_argument(
+        "--smart-threshold", type=int, help="for --mode smart: bytes above which JPEG"
+    )
+    write.add_argument("--workers", type=int, default=0, help="writer processes (0: one per core)")
+    write.add_argument("--limit", type=int, help="write a seeded random subset of this many images")
+    write.set_defaults(func=cmd_data_write)
+    inspect = data_commands.add_parser("inspect", help="summarise a .beton")
+    inspect.add_argument("beton")
+    inspect.set_defaults(func=cmd_data_inspect)
+    data.set_defaults(func=lambda args: data.print_help() or 0)
 
     report = commands.add_parser("report", help="compare the reports of several runs")
     report.add_argument("runs", nargs="+", help="run directories (or report.json files)")
@@ -111,6 +145,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     reports = [load_report(Path(run)) for run in args.runs]
     header, rows = comparison(reports)
     _print_table("runs", header, rows)
+    return 0
+
+
+def cmd_data_write(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.beton import WriteOptions, write_beton
+    from selfsup.pipelines.data_sources import detect_dataset, open_dataset
+    from selfsup.pipelines.datasets import take_subset
+
+    name = detect_dataset(args.source) if args.dataset == "auto" else args.dataset
+    dataset = take_subset(open_dataset(name, args.split, args.source), args.limit)
+    options = WriteOptions(
+        mode=args.mode,
+        max_resolution=args.max_resolution,
+        jpeg_quality=args.jpeg_quality,
+        compress_probability=args.compress_probability,
+        smart_threshold=args.smart_threshold,
+        workers=args.workers,
+    )
+    print(write_beton(dataset, Path(args.out), options).line())
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.beton import verify_beton
+
+    path = Path(args.beton)
+    contents = verify_beton(path)
+    modes = ", ".join(f"{count:,} {mode}" for mode, count in contents.image_modes.items())
+    print(
+        f"{path}: {contents.samples:,} images ({modes}), {path.stat().st_size / 2**20:.1f} MiB\n"
+        f"images per class: {contents.class_counts}"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import pickle
 import struct
@@ -26,13 +27,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``shared_data`` skip cleanly where ../shared/data is absent."""
-    if CIFAR10_JPEG.is_dir() and FASHION_MNIST_RAW.is_dir():
-        return
-    skip = pytest.mark.skip(reason=f"real datasets not found in {SHARED_DATA}")
+    """Skip cleanly what this machine cannot run.
+
+    ``shared_data`` tests need ../shared/data; ``ffcv`` tests need ffcv, and CI
+    (SELFSUP_REQUIRE_FFCV=1) fails rather than skips them.
+    """
+    skips = {}
+    if not (CIFAR10_JPEG.is_dir() and FASHION_MNIST_RAW.is_dir()):
+        skips["shared_data"] = f"real datasets not found in {SHARED_DATA}"
+    if importlib.util.find_spec("ffcv") is None:
+        if os.environ.get("SELFSUP_REQUIRE_FFCV") == "1":
+            raise pytest.UsageError("SELFSUP_REQUIRE_FFCV=1 but ffcv is not installed")
+        skips["ffcv"] = "ffcv is not installed (scripts/install-ffcv.sh)"
     for item in items:
-        if "shared_data" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in skips.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def class_images(

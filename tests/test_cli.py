@@ -1,5 +1,6 @@
 """The command line: sub-commands, one-line errors for bad input, a fast --help."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,77 @@ def test_probe_bad_paths(capsys, tmp_path, make, fragment):
 def test_report_without_probe(capsys, tmp_path):
     code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert_one_line_error(code, err, "report.json not found", "selfsup probe")
+
+
+@pytest.mark.ffcv
+def test_data_write_and_inspect(capsys, tmp_path, data_root):
+    out = tmp_path / "c.beton"
+    code, stdout, err = run_cli(
+        capsys, "data", "write", str(data_root / "cifar-10-batches-py"), str(out), "--workers", "1"
+    )
+    assert code == 0, err
+    assert f"wrote {out}: 200 images, 10 classes (20-20 per class)" in stdout
+    code, stdout, _ = run_cli(capsys, "data", "inspect", str(out))
+    assert code == 0 and "200 images (200 jpg)" in stdout and "[20, 20," in stdout
+
+
+@pytest.mark.ffcv
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--mode", "jpeg"], "unknown write mode 'jpeg' (ffcv calls JPEG mode 'jpg')"),
+        (["--dataset", "cifar100"], "unknown dataset 'cifar100'"),
+    ],
+)
+def test_data_write_bad_input(capsys, tmp_path, data_root, args, fragment):
+    code, _, err = run_cli(
+        capsys,
+        "data",
+        "write",
+        str(data_root / "cifar-10-batches-py"),
+        str(tmp_path / "x.beton"),
+        *args,
+    )
+    assert_one_line_error(code, err, fragment)
+
+
+def test_data_write_from_an_ambiguous_root(capsys, tmp_path, data_root):
+    code, _, err = run_cli(capsys, "data", "write", str(data_root), str(tmp_path / "x.beton"))
+    assert_one_line_error(code, err, "holds several datasets", "--dataset")
+
+
+def without_ffcv(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a process where ``import ffcv`` fails, as on a machine without it."""
+    code = (
+        "import sys; sys.modules['ffcv'] = None\n"
+        "from selfsup.cli import main\n"
+        f"raise SystemExit(main({list(args)!r}))\n"
+    )
+    env = {**os.environ, "SELFSUP_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env
+    )
+
+
+def test_without_ffcv_loader_ffcv_is_one_clear_line(tiny_overrides, tmp_path):
+    result = without_ffcv(
+        "train", DEMO, *tiny_overrides, "data.loader=ffcv", f"data.beton={tmp_path}/x.beton"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "selfsup: error: ffcv is not installed" in result.stderr
+    assert "scripts/install-ffcv.sh" in result.stderr
+    result = without_ffcv(
+        "data", "write", str(tmp_path), str(tmp_path / "x.beton"), "--dataset", "cifar10"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_without_ffcv_loader_auto_falls_back_with_one_log_line(tiny_overrides, tmp_path):
+    result = without_ffcv(
+        "train", DEMO, *tiny_overrides, "data.loader=auto", f"data.beton={tmp_path}/x.beton",
+        "train.max_steps=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "using the torchvision loader" in line]
+    assert len(lines) == 1 and "ffcv is not installed" in lines[0]

@@ -109,3 +109,40 @@ def test_real_cifar10_train_and_probe(shared_data, tmp_path, capsys):
     assert "cifar10" in out and "fashion_mnist" in out
     report = (run / "report.md").read_text()
     assert "| cifar10 | 500 / 200 |" in report
+
+
+@pytest.mark.ffcv
+def test_train_and_probe_from_beton_files(tiny_overrides, data_root, tmp_path, capsys):
+    betons = {}
+    for split in ("train", "test"):
+        betons[split] = tmp_path / f"cifar10_{split}.beton"
+        args = ["data", "write", str(data_root / "cifar-10-batches-py"), str(betons[split])]
+        assert main([*args, "--split", split, "--workers", "1"]) == 0
+    run = tmp_path / "ffcv_run"
+    ffcv = ["data.loader=ffcv", f"data.beton={betons['train']}", f"run_dir={run}"]
+    assert main(["train", DEMO, *tiny_overrides, *ffcv]) == 0
+    assert (run / "backbone.pt").is_file()
+    probe_args = [
+        "probe.loader=ffcv", f"probe.betons.cifar10_train={betons['train']}",
+        f"probe.betons.cifar10_test={betons['test']}", "datasets=[cifar10]",
+    ]  # fmt: skip
+    assert main(["probe", str(run), *probe_args]) == 0
+    assert "| cifar10 | 200 / 40 |" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.ffcv
+@pytest.mark.shared_data
+def test_real_cifar10_through_ffcv(shared_data, tmp_path):
+    beton = tmp_path / "cifar10_train.beton"
+    write = ["data", "write", str(shared_data.cifar10_jpeg), str(beton), "--limit", "2048"]
+    assert main([*write, "--workers", "2"]) == 0
+    run = tmp_path / "real_ffcv"
+    overrides = [
+        f"run_dir={run}", "data.loader=ffcv", f"data.beton={beton}", "data.batch_size=128",
+        "train.max_steps=6", "checkpoint.every_steps=3",
+    ]  # fmt: skip
+    assert main(["train", DEMO, *overrides]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000000006"
+    probe = ["--datasets", "cifar10", "train_samples=1000", "test_samples=500", "epochs=5"]
+    assert main(["probe", str(run), "--data", str(shared_data.root), *probe]) == 0

@@ -1,7 +1,16 @@
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
-from selfsup.pipelines.augment import BatchAugment, Normalize, blur_kernel_size, blur_probability
+from selfsup.pipelines.augment import (
+    LUMA,
+    BatchAugment,
+    Normalize,
+    blur_kernel_size,
+    blur_probability,
+    colour_matrices,
+    gaussian_blur,
+)
 from selfsup.pipelines.config import AugmentConfig
 
 
@@ -72,3 +81,64 @@ def test_normalize_channels_last():
         torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     )
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def smooth_batch(n=4, size=24):
+    """Mid-range colours, so that no factor below 1 pushes a value out of [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    return 0.25 + 0.5 * torch.rand(n, 3, size, size, generator=g)
+
+
+@pytest.mark.parametrize(
+    "name, factors, reference",
+    [
+        ("brightness", dict(brightness=0.7), lambda x: TF.adjust_brightness(x, 0.7)),
+        ("contrast", dict(contrast=0.6), lambda x: TF.adjust_contrast(x, 0.6)),
+        ("saturation", dict(saturation=0.5), lambda x: TF.adjust_saturation(x, 0.5)),
+        ("grayscale", dict(grayscale=1.0), lambda x: TF.rgb_to_grayscale(x, 3)),
+    ],
+)
+def test_colour_twist_matches_torchvision_formulas(name, factors, reference):
+    x = smooth_batch()
+    n = len(x)
+    values = dict(brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0, grayscale=0.0) | factors
+    params = {k: torch.full((n,), float(v)) for k, v in values.items()}
+    luma = torch.einsum("bchw,c->b", x, torch.tensor(LUMA)) / x[0, 0].numel()
+    matrix, offset = colour_matrices(**params, mean_luma=luma)
+    out = torch.einsum("bij,bjhw->bihw", matrix, x) + offset[..., None, None]
+    assert torch.allclose(out, reference(x), atol=1e-4), name
+
+
+def test_hue_rotation_keeps_luma_and_zero_is_identity():
+    x = smooth_batch()
+    n = len(x)
+    ones, zeros = torch.ones(n), torch.zeros(n)
+    luma = torch.einsum("bchw,c->b", x, torch.tensor(LUMA)) / x[0, 0].numel()
+    identity, offset = colour_matrices(ones, ones, ones, zeros, zeros, luma)
+    assert (
+        torch.allclose(identity, torch.eye(3).expand(n, 3, 3), atol=1e-6)
+        and offset.abs().max() < 1e-6
+    )
+    rotated, _ = colour_matrices(ones, ones, ones, torch.full((n,), 0.25), zeros, luma)
+    out = torch.einsum("bij,bjhw->bihw", rotated, x)
+    y = lambda t: torch.einsum("bchw,c->bhw", t, torch.tensor(LUMA))  # noqa: E731
+    assert torch.allclose(y(out), y(x), atol=1e-5) and not torch.allclose(out, x, atol=1e-2)
+
+
+def test_blur_matches_torchvision_gaussian_blur():
+    x = smooth_batch(n=3, size=32)
+    sigmas = torch.tensor([0.5, 1.0, 2.0])
+    out = gaussian_blur(x, sigmas, 7)
+    for i, sigma in enumerate(sigmas.tolist()):
+        expected = TF.gaussian_blur(x[i : i + 1], [7, 7], [sigma, sigma])
+        assert torch.allclose(out[i : i + 1], expected, atol=1e-5)
+
+
+def test_flip_and_solarize_with_probability_one():
+    cfg = AugmentConfig(
+        hflip_prob=1.0, color_jitter_prob=0, grayscale_prob=0, blur_prob=0, solarize_prob=1.0
+    )
+    views = uint8_views(n=2)
+    out = BatchAugment(cfg, 32, [0.0] * 3, [1.0] * 3)(views, seed=0)[0]
+    x = views[0].float().flip(-1) / 255
+    assert torch.allclose(out, torch.where(x >= 0.5, 1 - x, x), atol=1e-6)
