@@ -23,7 +23,7 @@ from selfsup.pipelines.build import choose_loader
 from selfsup.pipelines.config import ProbeConfig
 from selfsup.pipelines.data_sources import dataset_info, open_dataset
 from selfsup.pipelines.datasets import subset_indices, take_subset
-from selfsup.pipelines.engine import PRECISIONS, resolve_device
+from selfsup.pipelines.engines import PRECISIONS, resolve_device
 from selfsup.pipelines.loaders import eval_loader
 from selfsup.pipelines.seeding import seed_everything
 from selfsup.pipelines.weights import BackboneInfo, load_backbone

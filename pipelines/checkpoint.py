@@ -1,21 +1,23 @@
-"""Training checkpoints with torch.distributed.checkpoint (DCP), written atomically.
+"""Training checkpoints, written atomically, found and pruned.
 
 Layout of a run's ``checkpoints/`` folder::
 
-    step_000000500/      one complete checkpoint
-        .metadata        DCP index
-        __0_0.distcp     tensors (one file per writing rank)
-        meta.json        step, epoch, world size, engine, scheduler, RNG
+    step_000000500/          one complete checkpoint
+        .metadata            DCP index (single/DDP engines)
+        __0_0.distcp ...     tensors, one file per writing rank
+        (DeepSpeed: mp_rank_*_model_states.pt, zero_pp_rank_*_optim_states.pt)
+        rng_rank0.pt ...     every rank's RNG states (weights-only files)
+        meta.json            step, epoch, world size, engine, scheduler position
     step_000001000/
-    latest               name of the newest complete checkpoint
+    latest                   name of the newest complete checkpoint
 
-A checkpoint is written into ``.step_XXXXXXXXX.tmp/`` and renamed when every
-file is on disk; ``latest`` is replaced (write + rename) after that. A crash at
-any moment therefore leaves the previous checkpoint intact and findable, and
-an unfinished temporary folder is ignored and removed by the next save.
-
-Model and optimizer states go through ``torch.distributed.checkpoint.state_dict``
-so their keys are parameter names, independent of the process count.
+A checkpoint is written into ``.step_XXXXXXXXX.tmp/`` by every rank, and rank
+0 renames it after all ranks are done and ``meta.json`` is on disk; ``latest``
+is replaced (write + rename) after that. A crash at any moment therefore
+leaves the previous checkpoint intact and findable, and an unfinished
+temporary folder is ignored and removed by the next save. Model and optimizer
+states are the engine's business (DCP or DeepSpeed); this module owns the
+protocol around them.
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from selfsup.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from selfsup.pipelines.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ def step_dir_name(step: int) -> str:
 
 
 def is_complete(path: Path) -> bool:
-    return (path / META_FILE).is_file() and (path / ".metadata").is_file()
+    """A renamed checkpoint folder is complete by construction; ``meta.json`` is written last."""
+    return (path / META_FILE).is_file()
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -126,6 +130,11 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -145,21 +154,27 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """This process's RNG states: torch CPU/CUDA as tensors, Python's as JSON-able data."""
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    """This process's RNG states (tensors, ints and floats only: weights-only loadable)."""
     version, state, gauss = random.getstate()
-    return {"tensors": tensors, "python": [version, list(state), gauss]}
+    rng: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": [version, list(state), gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["torch_cuda"] = torch.cuda.get_rng_state()
+    return rng
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], python_state: list[Any] | None) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    if "torch_cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["torch_cuda"])
-    if python_state is not None:
-        version, state, gauss = python_state
-        random.setstate((version, tuple(state), gauss))
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch_cpu"])
+    if "torch_cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["torch_cuda"])
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+
+
+def rng_file(path: Path, rank: int) -> Path:
+    return path / f"rng_rank{rank}.pt"
 
 
 class CheckpointManager:
@@ -184,41 +199,35 @@ class CheckpointManager:
 
     def save(
         self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        engine: Engine,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         state: TrainState,
-        engine_state: dict[str, Any],
         extra_meta: dict[str, Any] | None = None,
     ) -> Path:
-        """Write a checkpoint of the current state; returns its folder."""
+        """Write a checkpoint of the current state on every rank; returns its folder."""
         started = time.perf_counter()
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / step_dir_name(state.step)
         tmp = self.directory / f".{final.name}.tmp"
         if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        rng = capture_rng()
-        tensors = {
-            "model": model_sd,
-            "optim": optim_sd,
-            "rng": {f"rank{self.rank}": rng["tensors"]},
-        }
-        with quiet_dcp():
-            dcp.save(tensors, checkpoint_id=tmp)
-        meta = {
-            "format": FORMAT,
-            **asdict(state),
-            "world_size": self.world_size,
-            "scheduler": scheduler_position(scheduler),
-            "engine_state": _jsonable(engine_state),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra_meta or {}),
-        }
-        # Each rank keeps its own Python RNG state beside the shared tensors.
-        (tmp / f"python_rng_rank{self.rank}.json").write_text(json.dumps(rng["python"]))
+        engine.barrier()
+        engine.save_model_and_optimizer(tmp)
+        own_rng = rng_file(tmp, self.rank)
+        torch.save(capture_rng(), own_rng)
+        _fsync_file(own_rng)
+        engine.barrier()  # every rank's files are on disk
         if self.rank == 0:
+            meta = {
+                "format": FORMAT,
+                **asdict(state),
+                "world_size": self.world_size,
+                "engine": engine.name,
+                "scheduler": scheduler_position(scheduler),
+                "engine_state": _jsonable(engine.state_dict()),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(extra_meta or {}),
+            }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
             _fsync_tree(tmp)
             if final.exists():  # the same step saved again (e.g. the final save)
@@ -227,55 +236,28 @@ class CheckpointManager:
             _fsync_dir(self.directory)
             _write_atomic(self.directory / LATEST_FILE, final.name + "\n")
             self._prune()
-        log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - started)
+            log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - started)
+        engine.barrier()
         return final
 
     def load(
-        self,
-        path: Path,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ) -> tuple[TrainState, dict[str, Any]]:
-        """Restore model, optimizer, scheduler and RNG from ``path``.
-
-        Returns the training state and the engine state for the engine to restore.
-        """
+        self, path: Path, engine: Engine, scheduler: torch.optim.lr_scheduler.LRScheduler
+    ) -> TrainState:
+        """Restore model, optimizer, engine, scheduler position and RNG from ``path``."""
         meta = read_meta(path)
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        rank_key = f"rank{self.rank}"
-        tensors: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-        stored = stored_keys(path)
-        check_model_keys(path, model_sd, stored)
-        same_layout = meta.get("world_size") == self.world_size
-        if same_layout and f"rng.{rank_key}.torch_cpu" in stored:
-            tensors["rng"] = {rank_key: capture_rng()["tensors"]}
-        with quiet_dcp():
-            try:
-                dcp.load(tensors, checkpoint_id=path)
-            except DCP_ERRORS as exc:
-                raise CheckpointError(
-                    f"cannot read checkpoint {path} ({describe_dcp_error(exc)}); it is incomplete "
-                    "or corrupt: delete it to resume from the one before"
-                ) from exc
-        set_state_dict(
-            model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"]
-        )
+        engine.load_model_and_optimizer(path, meta)
+        engine.load_state_dict(meta.get("engine_state", {}))
         scheduler.__dict__.update(meta["scheduler"])
-        if "rng" in tensors:
-            python_rng = path / f"python_rng_{rank_key}.json"
-            restore_rng(
-                tensors["rng"][rank_key],
-                json.loads(python_rng.read_text()) if python_rng.is_file() else None,
-            )
+        own_rng = rng_file(path, self.rank)
+        if meta.get("world_size") == self.world_size and own_rng.is_file():
+            restore_rng(torch.load(own_rng, weights_only=True))
         else:
             log.warning(
-                "checkpoint %s was written by %s process(es), this run has %d: RNG streams "
-                "start fresh (training continues; bitwise replay needs the same process count)",
+                "checkpoint %s was written by %s process(es), this run has %d: resharded; RNG "
+                "streams start fresh (training continues; bitwise replay needs the same count)",
                 path, meta.get("world_size"), self.world_size,
             )  # fmt: skip
-        state = TrainState(step=int(meta["step"]), epoch=int(meta["epoch"]))
-        return state, meta.get("engine_state", {})
+        return TrainState(step=int(meta["step"]), epoch=int(meta["epoch"]))
 
     def _prune(self) -> None:
         found = list_checkpoints(self.directory)
@@ -298,6 +280,33 @@ SCHEDULER_POSITION = ("last_epoch", "_step_count", "_last_lr")
 def scheduler_position(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     state = scheduler.state_dict()
     return _jsonable({k: state[k] for k in SCHEDULER_POSITION if k in state})
+
+
+def check_shards_present(path: Path) -> None:
+    """Every tensor file a DCP index refers to exists and is long enough."""
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} has no readable DCP index (.metadata): {_first_line(exc)}"
+        ) from exc
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    missing = sorted(name for name in needed if not (path / name).is_file())
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is missing shard file(s) {', '.join(missing)} (every rank that "
+            "wrote it leaves one): copy the whole folder, or delete it to resume from the one "
+            "before"
+        )
+    short = sorted(name for name, end in needed.items() if (path / name).stat().st_size < end)
+    if short:
+        raise CheckpointError(
+            f"checkpoint {path} has truncated shard file(s) {', '.join(short)}; delete it to "
+            "resume from the one before"
+        )
 
 
 def stored_keys(path: Path) -> dict[str, Any]:

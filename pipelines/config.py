@@ -109,7 +109,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     log_every: int = 10  # steps between TensorBoard scalars
-    engine: str = "single"
+    engine: str = "single"  # single | ddp | deepspeed (ddp/deepspeed under torchrun or srun)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    sync_batchnorm: bool = False  # ddp: BatchNorm statistics over all processes
+    zero_stage: int = 2  # deepspeed: ZeRO stage 0-3
+    deepspeed_config: str | None = None  # deepspeed: JSON file merged over the generated config
 
 
 @dataclass
@@ -175,7 +179,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "lars", "adamw"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.engine": ("single",),
+    "train.engine": ("single", "ddp", "deepspeed"),
     "probe.precision": ("fp32", "bf16"),
 }
 
@@ -280,11 +284,16 @@ def validate(config: RunConfig) -> None:
         "checkpoint.every_steps": config.checkpoint.every_steps,
         "checkpoint.keep_last": config.checkpoint.keep_last,
         "train.log_every": config.train.log_every,
+        "train.grad_accum_steps": config.train.grad_accum_steps,
         "probe.knn_k": config.probe.knn_k,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if config.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(
+            f"config key 'train.zero_stage' must be 0-3, got {config.train.zero_stage}"
+        )
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(
             f"config key 'train.max_steps' must be positive, got {config.train.max_steps}"

@@ -182,6 +182,10 @@ class TorchvisionTrainLoader:
             drop_last=True,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
+            # Its own generator: creating an epoch's iterator draws a worker
+            # base seed, which must not advance the trainer's global RNG (that
+            # would make a resumed run's RNG state differ from an unbroken one).
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:

@@ -1,9 +1,11 @@
 """What a running job shows: TensorBoard scalars, a progress bar, throughput.
 
-Only the main process writes. The progress bar shows loss, learning rate,
-images per second and tqdm's ETA; the same numbers go to TensorBoard under
-``train/``. On resume the writer purges events at or after the resumed step,
-so the curves never hold the steps replayed after a crash twice.
+Every rank records its per-step numbers; every ``log_every`` steps the
+trainer averages the window over ranks and the main process alone writes
+them. The progress bar shows loss, learning rate, images per second and
+tqdm's ETA; the same numbers go to TensorBoard under ``train/``. On resume
+the writer purges events after the resumed step, so curves never hold the
+steps replayed after a crash twice.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 TB_DIR = "tb"
+LOSS = "loss"
 
 
 class Monitor:
-    """Aggregates per-step numbers and flushes them every ``log_every`` steps."""
+    """Window of per-step numbers on every rank; TensorBoard and progress bar on the main one."""
 
     def __init__(
         self,
@@ -31,12 +34,10 @@ class Monitor:
         total_steps: int,
         start_step: int,
         images_per_step: int,
-        log_every: int,
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
         self.images_per_step = images_per_step
-        self.log_every = log_every
         # Events up to the resumed step were logged before its checkpoint was
         # written; later ones belong to steps that are now replayed.
         self.writer = (
@@ -55,63 +56,55 @@ class Monitor:
             # In a log file (SLURM, CI) print a line every 30 s, not every refresh.
             mininterval=0.5 if interactive else 30.0,
         )
-        self._loss_sum: torch.Tensor | None = None
-        self._metric_sums: dict[str, torch.Tensor] = {}
-        self._window_steps = 0
-        self._window_start = time.perf_counter()
+        self._sums: dict[str, torch.Tensor] = {}
+        self._records = 0  # forward passes (micro-batches) in the window
+        self._steps = 0  # optimizer steps in the window
+        self._started = time.perf_counter()
         self.last_loss: float | None = None
         self.images_per_second: float | None = None
 
-    def step(
-        self, step: int, loss: torch.Tensor, lr: float, metrics: dict[str, torch.Tensor]
-    ) -> float | None:
-        """Record one step; every ``log_every`` steps flush and return the mean loss."""
-        detached = loss.detach().float()
-        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-        for name, value in metrics.items():
+    def record(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """Add one forward pass's loss and metrics to the window (no device sync)."""
+        for name, value in {LOSS: loss, **metrics}.items():
             value = value.detach().float()
-            self._metric_sums[name] = self._metric_sums.get(name, 0) + value  # type: ignore[assignment]
-        self._window_steps += 1
-        self.bar.update(1)
-        if step % self.log_every != 0:
-            return None
-        return self._flush(step, lr)
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+        self._records += 1
 
-    def _flush(self, step: int, lr: float) -> float:
-        assert self._loss_sum is not None
-        loss = self._loss_sum.item() / self._window_steps  # .item() waits for the device
-        elapsed = time.perf_counter() - self._window_start
-        self.images_per_second = self._window_steps * self.images_per_step / max(elapsed, 1e-9)
-        self.last_loss = loss
+    def advance(self) -> None:
+        """One optimizer step done."""
+        self._steps += 1
+        self.bar.update(1)
+
+    def take_window(self) -> dict[str, torch.Tensor]:
+        """This rank's window means, and a fresh window."""
+        means = {name: total / self._records for name, total in self._sums.items()}
+        elapsed = time.perf_counter() - self._started
+        self.images_per_second = self._steps * self.images_per_step / max(elapsed, 1e-9)
+        self._sums, self._records, self._steps = {}, 0, 0
+        self._started = time.perf_counter()
+        return means
+
+    def log(self, step: int, means: dict[str, float], lr: float) -> None:
+        """Write the (rank-averaged) window to TensorBoard and the progress bar."""
+        self.last_loss = means[LOSS]
         if self.writer is not None:
-            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/loss", means[LOSS], step)
             self.writer.add_scalar("train/lr", lr, step)
-            self.writer.add_scalar("train/img_per_s", self.images_per_second, step)
-            for name, total in self._metric_sums.items():
-                self.writer.add_scalar(f"train/{name}", float(total) / self._window_steps, step)
+            if self.images_per_second is not None:
+                self.writer.add_scalar("train/img_per_s", self.images_per_second, step)
+            for name, value in means.items():
+                if name != LOSS:
+                    self.writer.add_scalar(f"train/{name}", value, step)
         self.bar.set_postfix(
-            loss=f"{loss:.4f}",
+            loss=f"{means[LOSS]:.4f}",
             lr=f"{lr:.3g}",
-            img_s=f"{self.images_per_second:.0f}",
+            img_s=f"{self.images_per_second or 0:.0f}",
             refresh=False,  # the bar redraws on its own schedule (mininterval)
         )
-        self._loss_sum = None
-        self._metric_sums = {}
-        self._window_steps = 0
-        self._window_start = time.perf_counter()
-        return loss
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
-
-    def write(self, message: str) -> None:
-        """A log line that does not break the progress bar."""
-        if self.enabled:
-            self.bar.clear()
-        log.info(message)
-        if self.enabled:
-            self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()

@@ -1,10 +1,16 @@
 """The pretraining loop: ``train(config)``.
 
-One function, whatever launches it (the CLI, a SLURM job, a test): it builds
-the components from the config, resumes from the run directory's newest
-checkpoint when there is one, trains to ``total_steps`` and leaves a final
-checkpoint and ``backbone.pt`` behind. Engines hide where the model lives
-and how a step is taken, so the loop is the same on every engine.
+One function, whatever launches it (the CLI, torchrun, a SLURM job, a test):
+it builds the components from the config, resumes from the run directory's
+newest checkpoint when there is one, trains to ``total_steps`` and leaves a
+final checkpoint and ``backbone.pt`` behind. Engines hide where the model
+lives and how a step is taken, so the loop is the same on every engine.
+
+Determinism: model initialisation uses the run seed on every rank; data
+order, crops and augmentations are functions of (seed, rank, epoch, step,
+sample); each rank's RNG states are checkpointed. A run that is killed and
+resumed on the same number of processes therefore ends with the same
+weights, to the bit, as one that never stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +29,8 @@ from selfsup.errors import TrainingError
 from selfsup.pipelines.build import build_augment, build_model, build_train_loader
 from selfsup.pipelines.checkpoint import CheckpointManager, TrainState
 from selfsup.pipelines.config import RunConfig
-from selfsup.pipelines.engine import Engine, build_engine, resolve_device
+from selfsup.pipelines.engines import Engine, build_engine
+from selfsup.pipelines.loaders import TrainLoader, ViewBatch
 from selfsup.pipelines.monitor import Monitor
 from selfsup.pipelines.optim import build_optimizer, build_scheduler, peak_lr
 from selfsup.pipelines.run_dir import (
@@ -55,27 +63,56 @@ class TrainResult:
 
 def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
     """Pretrain as configured; resume from the run directory's newest checkpoint."""
-    if engine is None:
-        device = resolve_device(config.train.device)
-        engine = build_engine(
-            config.train.engine, device, config.train.precision, config.optim.clip_grad_norm
-        )
-    manager = CheckpointManager(
-        config.resolved_run_dir() / CHECKPOINT_DIR,
-        keep_last=config.checkpoint.keep_last,
-        keep_every=config.checkpoint.keep_every,
-        rank=engine.rank,
-        world_size=engine.world_size,
-    )
-    resume_from = manager.latest() if config.checkpoint.resume else None
-    run_dir = prepare_run_dir(config, resuming=resume_from is not None, is_main=engine.is_main)
-    handler = attach_log_file(run_dir) if engine.is_main else None
+    own_engine = engine is None
+    engine = engine or build_engine(config)
     try:
-        return _train(config, engine, manager, resume_from, run_dir)
+        manager = CheckpointManager(
+            config.resolved_run_dir() / CHECKPOINT_DIR,
+            keep_last=config.checkpoint.keep_last,
+            keep_every=config.checkpoint.keep_every,
+            rank=engine.rank,
+            world_size=engine.world_size,
+        )
+        resume_from = manager.latest() if config.checkpoint.resume else None
+        run_dir = prepare_run_dir(config, resuming=resume_from is not None, is_main=engine.is_main)
+        engine.barrier()
+        handler = attach_log_file(run_dir) if engine.is_main else None
+        try:
+            return _train(config, engine, manager, resume_from, run_dir)
+        finally:
+            if handler is not None:
+                logging.getLogger("selfsup").removeHandler(handler)
+                handler.close()
     finally:
-        if handler is not None:
-            logging.getLogger("selfsup").removeHandler(handler)
-            handler.close()
+        if own_engine:
+            engine.close()
+
+
+def optimizer_steps(
+    loader: TrainLoader, accum: int, start_step: int, steps_per_epoch: int
+) -> Iterator[tuple[int, list[ViewBatch]]]:
+    """``(step, micro_batches)`` from ``start_step`` on, epoch after epoch.
+
+    Each optimizer step takes ``accum`` consecutive micro-batches of one
+    epoch; a remainder shorter than that at an epoch's end is skipped, so a
+    step's data depends only on its number.
+    """
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, steps_per_epoch)
+        group: list[ViewBatch] = []
+        for batch in loader.epoch_batches(epoch, offset * accum):
+            group.append(batch)
+            if len(group) == accum:
+                yield step, group
+                step += 1
+                group = []
+                if step % steps_per_epoch == 0:
+                    break
+        else:
+            raise RuntimeError(
+                f"the loader ended epoch {epoch} after fewer than its {steps_per_epoch} steps"
+            )
 
 
 def _train(
@@ -86,110 +123,117 @@ def _train(
     run_dir: Path,
 ) -> TrainResult:
     started = time.perf_counter()
-    seed_everything(config.train.seed)  # identical initial weights on every rank
+    seed = config.train.seed
+    seed_everything(seed)  # identical initial weights on every rank
     model = build_model(config, distributed=engine.world_size > 1)
     loader = build_train_loader(config, engine.rank, engine.world_size, engine.device)
     augment = build_augment(config).to(engine.device)
-    global_batch = config.data.batch_size * engine.world_size
+    accum = engine.grad_accum_steps
+    global_batch = config.data.batch_size * engine.world_size * accum
     optimizer = build_optimizer(model, config.optim, global_batch)
-    steps_per_epoch = loader.steps_per_epoch
+    steps_per_epoch = loader.steps_per_epoch // accum
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"an epoch has {loader.steps_per_epoch} batches, fewer than train.grad_accum_steps="
+            f"{accum}; lower train.grad_accum_steps or data.batch_size"
+        )
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, config.optim, total_steps, steps_per_epoch)
     model = engine.setup(model, optimizer, channels_last=config.model.channels_last)
 
     state = TrainState()
-    resumed_from_step = None
     if resume_from is not None:
-        state, engine_state = manager.load(resume_from, engine.unwrap(), optimizer, scheduler)
-        engine.load_state_dict(engine_state)
-        resumed_from_step = state.step
+        state = manager.load(resume_from, engine, scheduler)
         log.info(
             "resuming from checkpoint %s at step %d/%d (epoch %d)",
             resume_from, state.step, total_steps, state.step // steps_per_epoch,
         )  # fmt: skip
+    resumed_from_step = state.step if resume_from is not None else None
     log.info(
-        "training %s/%s on %s: %d steps (%d per epoch), batch %d x %d process(es), "
-        "peak lr %.4g, %s on %s",
+        "training %s/%s on %s: %d steps (%d per epoch), batch %d x %d process(es) x %d "
+        "accumulation, peak lr %.4g, %s on %s, engine %s",
         config.method.name, config.model.backbone, config.data.dataset, total_steps,
-        steps_per_epoch, config.data.batch_size, engine.world_size,
-        peak_lr(config.optim, global_batch), config.train.precision, engine.device,
+        steps_per_epoch, config.data.batch_size, engine.world_size, accum,
+        peak_lr(config.optim, global_batch), config.train.precision, engine.device, engine.name,
     )  # fmt: skip
 
-    monitor = Monitor(
-        run_dir,
-        total_steps=total_steps,
-        start_step=state.step,
-        images_per_step=global_batch,
-        log_every=config.train.log_every,
-        enabled=engine.is_main,
-    )
+    monitor = Monitor(run_dir, total_steps, state.step, global_batch, enabled=engine.is_main)
     stop = StopRequest().install()
-    last_saved = state.step if resume_from is not None else None
+    last_saved = resumed_from_step
     last_loss: float | None = None
+    stopped_by: str | None = None
 
     def save() -> None:
         nonlocal last_saved
         manager.save(
-            engine.unwrap(),
-            optimizer,
+            engine,
             scheduler,
             TrainState(step=state.step, epoch=state.step // steps_per_epoch),
-            engine.state_dict(),
             extra_meta={
-                "engine": engine.name,
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
+                "global_batch": global_batch,
+                "samples_seen": state.step * global_batch,
                 "loss": last_loss,
             },
         )
         last_saved = state.step
 
     try:
-        while state.step < total_steps and not stop:
-            epoch, offset = divmod(state.step, steps_per_epoch)
-            for batch in loader.epoch_batches(epoch, offset):
+        steps = optimizer_steps(loader, accum, state.step, steps_per_epoch)
+        while state.step < total_steps:
+            step, micro_batches = next(steps)
+            assert step == state.step
+            lr = optimizer.param_groups[0]["lr"]
+            for i, batch in enumerate(micro_batches):
                 views = [v.to(engine.device, non_blocking=True) for v in batch.views]
-                views = augment(views, seed=derive_seed(config.train.seed, engine.rank, state.step))
-                lr = optimizer.param_groups[0]["lr"]
-                with engine.autocast():
-                    output = model(views)
-                engine.backward_and_step(output.loss)
-                scheduler.step()
-                state.step += 1
-                mean_loss = monitor.step(state.step, output.loss, lr, output.metrics)
-                if mean_loss is not None:
-                    last_loss = engine.reduce_mean(torch.tensor(mean_loss)).item()
-                    if not math.isfinite(last_loss):
-                        raise TrainingError(
-                            f"the loss became {last_loss} at step {state.step}; lower "
-                            "optim.base_lr, set optim.clip_grad_norm, or use train.precision=fp32 "
-                            f"(the last good checkpoint is in {manager.directory})"
-                        )
-                if state.step % config.checkpoint.every_steps == 0 or state.step == total_steps:
-                    save()
-                if stop or state.step >= total_steps:
-                    break
-        if stop and last_saved != state.step:
-            save()
+                views = augment(views, seed=derive_seed(seed, engine.rank, step, i))
+                with engine.sync_context(last=i == accum - 1):
+                    with engine.autocast():
+                        output = model(views)
+                    engine.backward(output.loss)
+                monitor.record(output.loss, output.metrics)
+            engine.step()
+            scheduler.step()
+            state.step += 1
+            monitor.advance()
+            if state.step % config.train.log_every == 0 or state.step == total_steps:
+                window = monitor.take_window()
+                reduced = engine.reduce_mean(torch.stack(list(window.values())).float())
+                means = dict(zip(window, reduced.tolist(), strict=True))
+                last_loss = means["loss"]
+                if not math.isfinite(last_loss):
+                    raise TrainingError(
+                        f"the loss became {last_loss} at step {state.step}; lower "
+                        "optim.base_lr, set optim.clip_grad_norm, or use train.precision=fp32 "
+                        f"(the last good checkpoint is in {manager.directory})"
+                    )
+                monitor.log(state.step, means, lr)
+            stopping = engine.any_rank(bool(stop))
+            due = state.step % config.checkpoint.every_steps == 0 or state.step == total_steps
+            if (stopping or due) and last_saved != state.step:
+                save()
+            if stopping:
+                stopped_by = stop.received or "a signal to another rank"
+                break
     finally:
         stop.uninstall()
         monitor.close()
 
-    if stop:
+    if stopped_by:
         log.info(
             "stopped by %s at step %d/%d; the checkpoint is saved: run the same command to resume",
-            stop.received, state.step, total_steps,
+            stopped_by, state.step, total_steps,
         )  # fmt: skip
-    elif engine.is_main:
+    else:
         _finish(config, engine, run_dir, state.step, total_steps, last_loss, started)
-    engine.barrier()
     return TrainResult(
         run_dir=run_dir,
         step=state.step,
         total_steps=total_steps,
         resumed_from_step=resumed_from_step,
         final_loss=last_loss if last_loss is not None else monitor.last_loss,
-        stopped_by=stop.received,
+        stopped_by=stopped_by,
     )
 
 
@@ -202,14 +246,21 @@ def _finish(
     last_loss: float | None,
     started: float,
 ) -> None:
-    """Export the final backbone and a summary of the run."""
-    model = engine.unwrap()
+    """Export the final backbone and a summary of the run (the main process writes)."""
+    state = engine.full_model_state()  # collective: every rank takes part
+    if not engine.is_main:
+        return
+    trunk = {
+        k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
+    }
     info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, step)
-    save_backbone(run_dir / BACKBONE_FILE, model.backbone, info)  # type: ignore[arg-type]
+    save_backbone(run_dir / BACKBONE_FILE, trunk, info)
     summary = {
         "step": step,
         "total_steps": total_steps,
         "final_loss": last_loss,
+        "engine": engine.name,
+        "world_size": engine.world_size,
         "seconds_this_start": round(time.perf_counter() - started, 1),
         "backbone": asdict(info) | {"run_dir": str(run_dir)},
     }

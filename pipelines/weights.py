@@ -64,8 +64,8 @@ def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step:
     )
 
 
-def save_backbone(path: Path, backbone: Backbone, info: BackboneInfo) -> None:
-    """Write a weights-only backbone file atomically."""
+def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: BackboneInfo) -> None:
+    """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
         "backbone": {"name": info.name, "source": info.source, "cifar_stem": info.cifar_stem},
@@ -74,7 +74,7 @@ def save_backbone(path: Path, backbone: Backbone, info: BackboneInfo) -> None:
         "std": list(info.std),
         "step": info.step if info.step is not None else -1,
         "seed": info.seed,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in backbone.trunk.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in trunk_state.items()},
     }
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as fh:
@@ -166,11 +166,13 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
 
 
 def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
-    """Read only the backbone's tensors out of a training checkpoint."""
+    """Read only the backbone's tensors out of a training checkpoint (any engine)."""
     meta = ckpt.read_meta(path)
     config = load_saved_config(run_dir / CONFIG_FILE)
     info = info_from_config(config, str(path), run_dir, int(meta["step"]))
     backbone = info.build()
+    if meta.get("engine") == "deepspeed":
+        return _load_from_deepspeed(path, backbone), info
     wanted = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     ckpt.check_model_keys(path, wanted, _backbone_keys(ckpt.stored_keys(path)))
     state = {"model": wanted}
@@ -188,3 +190,38 @@ def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, Backbone
 
 def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stored.items() if k.startswith("model.backbone.")}
+
+
+def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
+    """Consolidate a DeepSpeed checkpoint's fp32 weights (DeepSpeed's zero_to_fp32).
+
+    DeepSpeed's own reader unpickles its files: only load DeepSpeed
+    checkpoints you wrote yourself.
+    """
+    from selfsup.pipelines.engines.deepspeed_engine import require_deepspeed
+
+    require_deepspeed()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    stage = ckpt.read_meta(path).get("engine_state", {}).get("zero_stage", 2)
+    try:
+        if stage == 0:  # no ZeRO shards: the model file holds the weights
+            files = sorted(path.glob("mp_rank_*_model_states.pt"))
+            full = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        else:
+            full = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    except (FileNotFoundError, IndexError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"cannot consolidate DeepSpeed checkpoint {path} ({type(exc).__name__}: {exc}); "
+            "a shard is missing or corrupt"
+        ) from exc
+    wanted = {k: v for k, v in full.items() if k.startswith("backbone.")}
+    result = backbone.load_state_dict(
+        {k[len("backbone.") :]: v for k, v in wanted.items()}, strict=False
+    )
+    if result.missing_keys:
+        raise CheckpointError(
+            f"{path} does not hold a {backbone.name} backbone (missing: "
+            f"{', '.join(result.missing_keys[:5])})"
+        )
+    return backbone

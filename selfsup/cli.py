@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,9 @@ EPILOG = """examples:
   selfsup report runs/demo runs/other
   selfsup config show configs/demo.yaml train.max_steps=10
   selfsup data write ../shared/data/cifar10-jpeg cifar10_train.beton --max-resolution 32
+  torchrun --nproc-per-node=2 -m selfsup train configs/demo.yaml train.engine=ddp
+  selfsup checkpoint inspect runs/demo
+  selfsup checkpoint export runs/demo backbone.pt
 """
 
 
@@ -88,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_data_inspect)
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
+    checkpoint = commands.add_parser("checkpoint", help="inspect and export checkpoints")
+    checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="ACTION")
+    inspect_ckpt = checkpoint_commands.add_parser(
+        "inspect", help="step, engine, world size, tensors and size of a checkpoint"
+    )
+    inspect_ckpt.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
+    inspect_ckpt.set_defaults(func=cmd_checkpoint_inspect)
+    export = checkpoint_commands.add_parser(
+        "export",
+        help="write the backbone as a weights-only .pt (any engine)",
+        description="Consolidate the backbone weights of a checkpoint (single, DDP or DeepSpeed "
+        "ZeRO 1-3) into one file that loads with torch.load(weights_only=True); probe and "
+        "fine-tune accept it.",
+    )
+    export.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
+    export.add_argument("out", help="output file, e.g. backbone.pt")
+    export.set_defaults(func=cmd_checkpoint_export)
+    checkpoint.set_defaults(func=lambda args: checkpoint.print_help() or 0)
+
     report = commands.add_parser("report", help="compare the reports of several runs")
     report.add_argument("runs", nargs="+", help="run directories (or report.json files)")
     report.set_defaults(func=cmd_report)
@@ -114,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(load_config(args.config, overrides))
     if result.stopped_by:
         return EXIT_INTERRUPTED
-    print(f"run directory: {result.run_dir}")
+    if _process_rank() == 0:
+        print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -180,6 +204,24 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.checkpoint_tools import inspect_checkpoint
+
+    print("\n".join(inspect_checkpoint(args.path).lines()))
+    return 0
+
+
+def cmd_checkpoint_export(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.checkpoint_tools import export_backbone
+
+    info = export_backbone(args.path, args.out)
+    print(
+        f"wrote {args.out}: {info.name} backbone ({info.source}) from {info.origin}, "
+        f"step {info.step}"
+    )
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from selfsup.pipelines.config import load_config, to_yaml
 
@@ -225,10 +267,20 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _process_rank() -> int:
+    """This process's rank under torchrun or srun (0 otherwise), read without importing torch."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    # In a multi-process job the other ranks only speak up about problems.
+    handler.setLevel(logging.WARNING if quiet or _process_rank() != 0 else logging.INFO)
     logger = logging.getLogger("selfsup")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)  # the run's log file keeps INFO lines even with --quiet

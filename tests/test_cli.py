@@ -182,3 +182,18 @@ def test_without_ffcv_loader_auto_falls_back_with_one_log_line(tiny_overrides, t
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "using the torchvision loader" in line]
     assert len(lines) == 1 and "ffcv is not installed" in lines[0]
+
+
+def test_without_deepspeed_engine_deepspeed_is_one_clear_line(tiny_overrides):
+    code = (
+        "import sys; sys.modules['deepspeed'] = None\n"
+        "from selfsup.cli import main\n"
+        f"raise SystemExit(main({['train', DEMO, *tiny_overrides, 'train.engine=deepspeed']!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "selfsup: error: train.engine=deepspeed needs DeepSpeed, which is not installed"
+        in result.stderr
+    )
+    assert "pip install -e .[deepspeed]" in result.stderr

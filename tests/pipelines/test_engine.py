@@ -3,7 +3,9 @@ import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
-from selfsup.pipelines.engine import Engine, build_engine, resolve_device
+from selfsup.pipelines.config import load_config
+from selfsup.pipelines.distributed import DistEnv
+from selfsup.pipelines.engines import Engine, build_engine, resolve_device
 
 
 def test_bf16_autocast_runs_matmuls_in_bf16_on_cpu():
@@ -23,7 +25,8 @@ def test_clipping_bounds_the_update():
     engine = Engine(torch.device("cpu"), "fp32", clip_grad_norm=1e-3)
     engine.setup(model, optimizer)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    grad_norm = engine.backward_and_step(model(torch.randn(16, 8) * 100).pow(2).mean())
+    engine.backward(model(torch.randn(16, 8) * 100).pow(2).mean())
+    grad_norm = engine.step()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert grad_norm > 1.0  # the norm before clipping is reported
     assert (after - before).norm() <= 1e-3 * (1 + 1e-4)
@@ -31,7 +34,7 @@ def test_clipping_bounds_the_update():
 
 
 def test_engine_state_round_trips():
-    engine = build_engine("single", torch.device("cpu"), "bf16", None)
+    engine = build_engine(load_config(None, ["train.device=cpu"]))
     assert engine.world_size == 1 and engine.rank == 0 and engine.is_main
     state = engine.state_dict()
     engine.load_state_dict(state)
@@ -43,5 +46,31 @@ def test_device_and_engine_choices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no GPU is visible"):
             resolve_device("cuda")
-    with pytest.raises(ConfigError, match="unknown engine"):
-        build_engine("horovod", torch.device("cpu"), "fp32", None)
+    with pytest.raises(ConfigError, match="'train.engine' is 'horovod'"):
+        load_config(None, ["train.engine=horovod"])
+
+
+def test_single_engine_refuses_several_processes():
+    env = DistEnv(rank=0, world_size=2, launcher="torchrun")
+    with pytest.raises(
+        ConfigError, match="engine=single runs one process, but the torchrun launcher"
+    ):
+        build_engine(load_config(None, []), env)
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    full, half = nn.Linear(4, 1), nn.Linear(4, 1)
+    half.load_state_dict(full.state_dict())
+    one = Engine(torch.device("cpu"), "fp32", None)
+    one.setup(full, torch.optim.SGD(full.parameters(), lr=0.1))
+    one.backward(full(x).pow(2).mean())
+    one.step()
+    two = Engine(torch.device("cpu"), "fp32", None, grad_accum_steps=2)
+    two.setup(half, torch.optim.SGD(half.parameters(), lr=0.1))
+    for chunk in x.split(4):
+        two.backward(half(chunk).pow(2).mean())
+    two.step()
+    for a, b in zip(full.parameters(), half.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -1,0 +1,123 @@
+"""Checkpoint save/load time and size: selfsup's DCP checkpoints against plain torch.save.
+
+Model: SimCLR ResNet-50 (backbone + 2048-2048-128 projection head) with AdamW
+state after one step, in one process. ``selfsup`` writes a DCP checkpoint with
+the full protocol (temporary folder, fsync, rename, ``latest``, RNG files);
+the baseline is ``torch.save`` of ``{"model", "optimizer"}`` state dicts to one
+file (and ``torch.load`` + ``load_state_dict`` back), fsynced too so that both
+include the time to reach the disk. Median of ``--repeat`` runs.
+
+    python bench/checkpoint.py --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.pipelines.build import build_model
+from selfsup.pipelines.checkpoint import CheckpointManager, TrainState
+from selfsup.pipelines.config import load_config
+from selfsup.pipelines.engines import Engine
+from selfsup.pipelines.optim import build_optimizer, build_scheduler
+
+
+def setup(device: torch.device):
+    config = load_config(
+        None,
+        [
+            "model.backbone=resnet50",
+            "optim.name=adamw",
+            "method.proj_hidden_dim=2048",
+            "data.image_size=64",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    optimizer = build_optimizer(model, config.optim, 256)
+    scheduler = build_scheduler(optimizer, config.optim, 100, 10)
+    engine = Engine(device, "fp32", None)
+    model = engine.setup(model, optimizer)
+    views = [torch.randn(4, 3, 64, 64, device=device) for _ in range(2)]
+    engine.backward(model(views).loss)  # one step: the optimizer holds its moments
+    engine.step()
+    return engine, model, optimizer, scheduler
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench(args) -> dict[str, float]:
+    device = torch.device(args.device)
+    engine, model, optimizer, scheduler = setup(device)
+    root = Path(tempfile.mkdtemp(dir=args.dir))
+    times: dict[str, list[float]] = {
+        k: [] for k in ("dcp_save", "dcp_load", "torch_save", "torch_load")
+    }
+    sizes = {}
+    try:
+        for i in range(args.repeat):
+            manager = CheckpointManager(root / f"dcp{i}", keep_last=1)
+            started = time.perf_counter()
+            path = manager.save(engine, scheduler, TrainState(step=1, epoch=0))
+            times["dcp_save"].append(time.perf_counter() - started)
+            sizes["dcp"] = folder_bytes(path)
+            started = time.perf_counter()
+            manager.load(path, engine, scheduler)
+            times["dcp_load"].append(time.perf_counter() - started)
+
+            file = root / f"plain{i}.pt"
+            started = time.perf_counter()
+            with file.open("wb") as fh:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            times["torch_save"].append(time.perf_counter() - started)
+            sizes["torch"] = file.stat().st_size
+            started = time.perf_counter()
+            state = torch.load(file, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            times["torch_load"].append(time.perf_counter() - started)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["dcp_mib"] = sizes["dcp"] / 2**20
+    result["torch_mib"] = sizes["torch"] / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="where to write (default: the temp dir)")
+    args = parser.parse_args()
+    r = bench(args)
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    )
+    print(f"ResNet-50 SimCLR + AdamW state, {device}, median of {args.repeat}")
+    print("| operation | selfsup (DCP, atomic) | torch.save/load | ratio |")
+    print("| --- | --- | --- | --- |")
+    for name, ours, plain, unit in (
+        ("save", r["dcp_save"], r["torch_save"], "s"),
+        ("load", r["dcp_load"], r["torch_load"], "s"),
+        ("size", r["dcp_mib"], r["torch_mib"], "MiB"),
+    ):
+        print(f"| {name} | {ours:.2f} {unit} | {plain:.2f} {unit} | {ours / plain:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

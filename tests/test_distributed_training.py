@@ -1,0 +1,275 @@
+"""Multi-process training through torchrun (gloo on CPU): exact resume, resharding, crashes.
+
+Every run here is a real ``selfsup train`` under ``torch.distributed.run``
+with 2 processes (or 1), killed with SIGKILL where a test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.errors import CheckpointError
+from selfsup.eval.report import read_scalars
+from selfsup.pipelines.checkpoint import CheckpointManager, find_latest, read_meta
+from selfsup.pipelines.config import load_config
+from selfsup.pipelines.engines import cpu_engine
+from selfsup.pipelines.optim import build_optimizer, build_scheduler
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+pytestmark = pytest.mark.slow
+
+ENGINES = {
+    "ddp": ["train.engine=ddp"],
+    "deepspeed-zero2": [
+        "train.engine=deepspeed",
+        "train.zero_stage=2",
+        "optim.name=adamw",
+        "optim.base_lr=0.001",
+    ],
+    "deepspeed-zero3": [
+        "train.engine=deepspeed",
+        "train.zero_stage=3",
+        "optim.name=adamw",
+        "optim.base_lr=0.001",
+    ],
+}
+
+
+def launch(nproc: int, overrides: list[str]) -> subprocess.Popen:
+    """``selfsup train`` under torchrun."""
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "-m", "selfsup", "train", DEMO, *overrides,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers at once (torchrun puts each worker in its own session)."""
+    import psutil
+
+    victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for victim in reversed(victims):  # workers first: nothing gets to react
+        victim.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    _, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-4000:]
+    return err
+
+
+def kill_when(
+    process: subprocess.Popen, path: Path, delay: float = 0.0, timeout: float = 600
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+    time.sleep(delay)
+    kill_all(process)
+
+
+def all_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint folder holds (model, optimizer, RNG), by a flat name."""
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+
+    if (checkpoint / ".metadata").exists():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        out = checkpoint.parent / f"{checkpoint.name}.consolidated.pt"
+        dcp_to_torch_save(checkpoint, out)
+        walk("dcp", torch.load(out, weights_only=True))
+        out.unlink()
+    for file in sorted(
+        checkpoint.glob("*.pt")
+    ):  # DeepSpeed's files (trusted: written here) and RNG
+        walk(file.name, torch.load(file, weights_only=False))
+    return flat
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    ta, tb = all_tensors(a), all_tensors(b)
+    assert ta.keys() == tb.keys()
+    assert any("optim" in k for k in ta), "optimizer state is compared too"
+    for key in ta:
+        diff = (ta[key].double() - tb[key].double()).abs().max().item() if ta[key].numel() else 0.0
+        assert diff == 0, f"{key} differs by {diff}"
+
+
+@pytest.fixture
+def base(tiny_overrides):
+    dropped = ("train.max_steps", "checkpoint.every_steps")
+    return [o for o in tiny_overrides if not o.startswith(dropped)] + [
+        "train.log_every=1", "checkpoint.keep_last=10",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(engine, base, tmp_path):
+    common = [*base, *ENGINES[engine], "train.max_steps=8", "checkpoint.every_steps=2"]
+    finish(launch(2, [*common, f"run_dir={tmp_path / 'a'}"]))
+
+    run_b = tmp_path / "b"
+    process = launch(2, [*common, f"run_dir={run_b}"])
+    kill_when(process, run_b / "checkpoints" / "step_000000004")
+    assert process.returncode == -signal.SIGKILL and not (run_b / "backbone.pt").exists()
+    killed_at = int(read_meta(find_latest(run_b / "checkpoints"))["step"])
+    assert 4 <= killed_at < 8
+    err = finish(launch(2, [*common, f"run_dir={run_b}"]))
+    assert (
+        f"resuming from checkpoint {run_b / 'checkpoints' / f'step_{killed_at:09d}'} "
+        f"at step {killed_at}/8" in err
+    )
+
+    final = "checkpoints/step_000000008"
+    assert_identical(tmp_path / "a" / final, run_b / final)
+    curve_a = dict(read_scalars(tmp_path / "a" / "tb", "train/loss"))
+    curve_b = dict(read_scalars(run_b / "tb", "train/loss"))
+    assert sorted(curve_b) == list(range(1, 9))
+    assert all(curve_a[s] == curve_b[s] for s in range(killed_at + 1, 9))
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_ddp_checkpoint_reshards_to_another_process_count(before, after, base, tmp_path):
+    run = [*base, *ENGINES["ddp"], f"run_dir={tmp_path / 'r'}", "checkpoint.every_steps=2"]
+    finish(launch(before, [*run, "train.max_steps=4"]))
+    err = finish(launch(after, [*run, "train.max_steps=7"]))
+    assert f"written by {before} process(es), this run has {after}: resharded" in err
+    assert "at step 4/7" in err
+    loss = dict(read_scalars(tmp_path / "r" / "tb", "train/loss"))
+    assert sorted(loss) == list(range(1, 8))
+    assert all(torch.isfinite(torch.tensor(v)) for v in loss.values())
+    assert abs(loss[5] - loss[4]) < 0.5 * loss[4]  # continues where it was, no restart spike
+    assert (tmp_path / "r" / "backbone.pt").is_file()
+
+
+def test_deepspeed_refuses_another_process_count(base, tmp_path):
+    run = [
+        *base,
+        *ENGINES["deepspeed-zero2"],
+        f"run_dir={tmp_path / 'r'}",
+        "checkpoint.every_steps=2",
+    ]
+    finish(launch(2, [*run, "train.max_steps=2"]))
+    process = launch(1, [*run, "train.max_steps=4"])
+    _, err = process.communicate(timeout=600)
+    assert process.returncode != 0
+    assert "holds ZeRO shards of 2 processes; this run has 1" in err
+
+
+def test_a_kill_while_writing_leaves_the_previous_checkpoint_usable(base, tmp_path):
+    """SIGKILL at random moments inside checkpoint writes, several times, then finish."""
+    run_dir = tmp_path / "run"
+    common = [*base, f"run_dir={run_dir}", "train.max_steps=30", "checkpoint.every_steps=1"]
+    rng = random.Random(0)
+    checkpoints = run_dir / "checkpoints"
+    interrupted_writes = 0
+    for trial in range(5):
+        before = find_latest(checkpoints)
+        process = launch(1, common)
+        # Wait for a checkpoint write to begin (its temporary folder) once an earlier
+        # one is complete, then kill inside it.
+        deadline = time.monotonic() + 300
+        while find_latest(checkpoints) is None or not any(
+            p.name.endswith(".tmp") for p in checkpoints.glob(".step_*")
+        ):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        kill_all(process)
+        interrupted_writes += any(checkpoints.glob(".step_*.tmp"))
+        latest = find_latest(checkpoints)
+        assert latest is not None, f"trial {trial}: no usable checkpoint"
+        assert before is None or latest.name >= before.name
+        # The checkpoint resume would pick loads, with model and optimizer.
+        config = load_config(DEMO, common)
+        from selfsup.pipelines.build import build_model
+
+        model = build_model(config)
+        optimizer = build_optimizer(model, config.optim, config.data.batch_size)
+        scheduler = build_scheduler(optimizer, config.optim, 30, 12)
+        engine = cpu_engine()
+        engine.setup(model, optimizer)
+        state = CheckpointManager(checkpoints).load(latest, engine, scheduler)
+        assert state.step == int(latest.name[5:])
+    assert interrupted_writes >= 3, "the kills should land inside checkpoint writes"
+    err = finish(launch(1, common))
+    assert "resuming from checkpoint" in err
+    assert (run_dir / "backbone.pt").is_file()
+    assert not list(checkpoints.glob(".step_*.tmp"))  # leftovers cleaned by later saves
+
+
+def test_checkpoint_of_another_config_lists_the_differing_keys(base, tmp_path):
+    run = [*base, f"run_dir={tmp_path / 'r'}", "train.max_steps=2", "checkpoint.every_steps=2"]
+    finish(launch(1, run))
+    meta = read_meta(tmp_path / "r" / "checkpoints" / "step_000000002")
+    assert json.dumps(meta)  # readable
+    # Point a run with another projection head at these checkpoints: the keys that differ are named.
+    config = load_config(DEMO, [*run, "method.proj_hidden_dim=32"])
+    from selfsup.pipelines.build import build_model
+
+    model = build_model(config)
+    optimizer = build_optimizer(model, config.optim, 16)
+    scheduler = build_scheduler(optimizer, config.optim, 4, 2)
+    engine = cpu_engine()
+    engine.setup(model, optimizer)
+    with pytest.raises(
+        CheckpointError,
+        match=r"different shapes: projection_head.layers.0.weight \(64, 512\) in checkpoint "
+        r"vs \(32, 512\)",
+    ):
+        CheckpointManager(tmp_path / "r" / "checkpoints").load(
+            tmp_path / "r" / "checkpoints" / "step_000000002", engine, scheduler
+        )
+
+
+def test_deepspeed_zero3_export_matches_the_runs_own_backbone(base, tmp_path, capsys):
+    run = tmp_path / "z3"
+    finish(launch(2, [*base, *ENGINES["deepspeed-zero3"], f"run_dir={run}", "train.max_steps=2"]))
+    from selfsup.cli import main
+    from selfsup.pipelines.weights import load_backbone
+
+    assert main(["checkpoint", "export", str(run), str(tmp_path / "z3.pt")]) == 0
+    exported, _ = load_backbone(tmp_path / "z3.pt")
+    written, _ = load_backbone(
+        run / "backbone.pt"
+    )  # gathered from the shards at the end of training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(exported.eval()(x), written.eval()(x))
+    assert main(["checkpoint", "inspect", str(run)]) == 0
+    assert "deepspeed (ZeRO stage 3), written by 2 process(es)" in capsys.readouterr().out
