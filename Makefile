@@ -5,7 +5,7 @@ VENV ?= .venv
 SELFSUP := $(VENV)/bin/selfsup
 DEMO_RUN ?= runs/demo
 
-.PHONY: setup setup-ffcv demo test test-fast lint format clean
+.PHONY: setup setup-ffcv slurm-up slurm-down demo test test-fast lint format clean
 
 setup:
 	@scripts/setup-env.sh
@@ -19,9 +19,20 @@ demo: setup
 	$(SELFSUP) train configs/demo.yaml run_dir=$(DEMO_RUN)
 	$(SELFSUP) probe $(DEMO_RUN)
 
+# The SLURM tests run against the local one-node cluster of slurm/dev-cluster.sh
+# (started here when possible: it needs root and apt) and never another one.
 test: setup
 	@scripts/install-ffcv.sh || echo "make test: could not install ffcv (needs apt); its tests will be skipped"
-	$(VENV)/bin/python -m pytest
+	@slurm/dev-cluster.sh start 2>/dev/null || echo "make test: no local SLURM cluster (needs root); its tests will be skipped"
+	SLURM_CONF=$$(slurm/dev-cluster.sh conf) $(VENV)/bin/python -m pytest
+
+# A one-node SLURM cluster on loopback, to try `selfsup submit` (needs root).
+slurm-up:
+	@slurm/dev-cluster.sh start
+	@echo "now: export SLURM_CONF=$$(slurm/dev-cluster.sh conf)"
+
+slurm-down:
+	@slurm/dev-cluster.sh stop
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not slow"

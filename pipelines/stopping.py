@@ -1,9 +1,10 @@
 """Stopping between steps: a signal asks, the trainer checkpoints and leaves.
 
 A signal that lands in the middle of an optimizer step must not stop it
-half-way (the parameters would be partly updated), so SIGINT and SIGTERM only
-set a flag that the training loop reads after each step. A second SIGINT
-stops at once, for a user who really means it.
+half-way (the parameters would be partly updated), so SIGINT, SIGTERM and
+SIGUSR2 (SLURM's preemption and time-limit warning) only set a flag that the
+training loop reads after each step. A second SIGINT stops at once, for a
+user who really means it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from types import FrameType
 class StopRequest:
     """Set by a signal, read by the training loop at step boundaries."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)):
+    def __init__(
+        self,
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2),
+    ):
         self.signals = signals
         self.received: str | None = None
         self._previous: dict[signal.Signals, object] = {}

@@ -29,6 +29,8 @@ EPILOG = """examples:
   torchrun --nproc-per-node=2 -m selfsup train configs/demo.yaml train.engine=ddp
   selfsup checkpoint inspect runs/demo
   selfsup checkpoint export runs/demo backbone.pt
+  selfsup submit configs/simclr_resnet50_imagenet_ffcv.yaml --cluster h100x8 --nodes 2
+  selfsup submit-eval runs/a runs/b --datasets cifar10,fashion_mnist --lrs 0.01,0.001
 """
 
 
@@ -110,6 +112,44 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="output file, e.g. backbone.pt")
     export.set_defaults(func=cmd_checkpoint_export)
     checkpoint.set_defaults(func=lambda args: checkpoint.print_help() or 0)
+
+    submit = commands.add_parser(
+        "submit",
+        help="pretrain as a SLURM job (submitit)",
+        description="Submit `selfsup train` to SLURM: one task per GPU, DDP or DeepSpeed by "
+        "config, requeued and resumed after preemption. Settings come from a cluster profile "
+        "(configs/cluster/NAME.yaml) and the flags below.",
+    )
+    submit.add_argument("config", help="recipe YAML")
+    submit.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    _add_cluster_flags(submit)
+    submit.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script; submit nothing"
+    )
+    submit.add_argument("--wait", action="store_true", help="follow the job to its end")
+    submit.set_defaults(func=cmd_submit)
+
+    submit_eval = commands.add_parser(
+        "submit-eval",
+        help="probe checkpoints x datasets x learning rates as one SLURM job array",
+    )
+    submit_eval.add_argument(
+        "paths", nargs="+", help="run directories, checkpoint folders or .pt files"
+    )
+    submit_eval.add_argument("--datasets", default="cifar10", help="comma-separated")
+    submit_eval.add_argument(
+        "--lrs", default="0.001", help="comma-separated linear-probe learning rates"
+    )
+    submit_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="probe setting, e.g. --set epochs=50 (repeatable)")  # fmt: skip
+    submit_eval.add_argument(
+        "--out", help="folder for logs and the report (default runs/eval-<time>)"
+    )
+    _add_cluster_flags(submit_eval)
+    submit_eval.add_argument(
+        "--dry-run", action="store_true", help="list the tasks; submit nothing"
+    )
+    submit_eval.set_defaults(func=cmd_submit_eval)
 
     report = commands.add_parser("report", help="compare the reports of several runs")
     report.add_argument("runs", nargs="+", help="run directories (or report.json files)")
@@ -220,6 +260,100 @@ def cmd_checkpoint_export(args: argparse.Namespace) -> int:
         f"step {info.step}"
     )
     return 0
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster (override the profile)")
+    group.add_argument("--cluster", help="profile: a name in configs/cluster/ or a YAML path")
+    group.add_argument("--partition")
+    group.add_argument("--nodes", type=int)
+    group.add_argument("--gpus-per-node", type=int)
+    group.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
+    group.add_argument("--cpus-per-task", type=int)
+    group.add_argument("--mem-gb", type=float, help="per node")
+    group.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="time limit")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--constraint")
+    group.add_argument("--exclude", help="nodes to avoid")
+    group.add_argument("--signal-delay", type=int, dest="signal_delay_s", metavar="S",
+                       help="seconds between the preemption warning and the kill")  # fmt: skip
+    group.add_argument("--max-requeues", type=int)
+
+
+def _cluster_profile(args: argparse.Namespace):
+    from selfsup.slurm.profiles import load_profile
+
+    fields = (
+        "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
+        "time_min", "account", "qos", "constraint", "exclude", "signal_delay_s", "max_requeues",
+    )  # fmt: skip
+    return load_profile(args.cluster, {name: getattr(args, name) for name in fields})
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.config import load_config
+    from selfsup.slurm.submit import dry_run_training, submit_training, wait_for
+
+    config = load_config(args.config, args.overrides)
+    profile = _cluster_profile(args)
+    if args.dry_run:
+        print(dry_run_training(config, profile))
+        return 0
+    submission = submit_training(config, profile)
+    print("\n".join(submission.lines()), flush=True)
+    if not args.wait:
+        return 0
+    outcome = wait_for(submission.job)
+    return _report_outcome(submission.job_id, outcome)
+
+
+def _report_outcome(job_id: str, outcome) -> int:
+    if outcome.ok:
+        print(f"job {job_id} completed: {outcome.result}")
+        return 0
+    if outcome.state == "CANCELLED":
+        print(f"job {job_id} was cancelled ({outcome.error})", file=sys.stderr)
+        return 1
+    print(f"job {job_id} ended {outcome.state}:\n{outcome.error}", file=sys.stderr)
+    return 1
+
+
+def cmd_submit_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from selfsup.eval.array import run_probe_task, sweep, write_eval_report
+    from selfsup.pipelines.run_dir import probe_config_for
+    from selfsup.slurm.submit import submit_array, wait_for
+
+    settings = probe_config_for(Path(args.paths[0]), list(args.set))
+    datasets = [d for d in args.datasets.split(",") if d]
+    try:
+        lrs = [float(x) for x in args.lrs.split(",") if x]
+    except ValueError:
+        print(f"selfsup: error: --lrs takes numbers, got '{args.lrs}'", file=sys.stderr)
+        return EXIT_USER_ERROR
+    tasks = sweep([str(Path(p).absolute()) for p in args.paths], datasets, lrs, settings)
+    if args.dry_run:
+        for i, task in enumerate(tasks):
+            print(f"task {i}: {task.checkpoint} on {task.dataset}, lr {task.lr:g}")
+        return 0
+    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    jobs = submit_array(run_probe_task, tasks, out, _cluster_profile(args), "selfsup-eval")
+    print(
+        f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {out}",
+        flush=True,
+    )
+    rows, failures = [], []
+    for task, job in zip(tasks, jobs, strict=True):
+        outcome = wait_for(job)
+        if outcome.ok:
+            rows.append(outcome.result)
+        else:
+            failures.append(f"{task.checkpoint} on {task.dataset}, lr {task.lr:g}: {outcome.state}")
+    report = write_eval_report(rows, failures, out)
+    print(f"report: {report} ({len(rows)} of {len(tasks)} tasks finished)")
+    return 0 if not failures else 1
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

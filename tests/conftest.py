@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +27,28 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["SELFSUP_OFFLINE"] = "1"
 
 
+DEV_CLUSTER = "selfsup-dev"  # slurm/dev-cluster.sh; tests never submit to any other cluster
+
+
+def slurm_cluster_up() -> bool:
+    """The local test cluster answers, with a node ready to run jobs."""
+    try:
+        config = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=20
+        )
+        nodes = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition("=") for line in config.stdout.splitlines())
+    )
+    ours = settings.get("ClusterName") == DEV_CLUSTER
+    return ours and any(s in nodes.stdout for s in ("idle", "mixed", "allocated"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip cleanly what this machine cannot run.
 
@@ -39,6 +62,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if os.environ.get("SELFSUP_REQUIRE_FFCV") == "1":
             raise pytest.UsageError("SELFSUP_REQUIRE_FFCV=1 but ffcv is not installed")
         skips["ffcv"] = "ffcv is not installed (scripts/install-ffcv.sh)"
+    if not slurm_cluster_up():
+        if os.environ.get("SELFSUP_REQUIRE_SLURM") == "1":
+            raise pytest.UsageError("SELFSUP_REQUIRE_SLURM=1 but no SLURM cluster answers `sinfo`")
+        skips["slurm"] = (
+            "no SLURM cluster answers (slurm/dev-cluster.sh start; export SLURM_CONF=...)"
+        )
     for item in items:
         for marker, reason in skips.items():
             if marker in item.keywords:

@@ -1,0 +1,102 @@
+"""What runs inside a SLURM job: pretraining that checkpoints and requeues itself.
+
+Launching is kept apart from training: a job calls the same ``train(config)``
+as ``selfsup train`` does, in every task (one per GPU); the trainer reads its
+rank and the rendezvous address from the SLURM environment.
+
+Preemption and time limits: SLURM sends SIGUSR2 ``signal_delay_s`` before it
+kills the job (``#SBATCH --signal=USR2@...``, or ``scancel --signal=USR2``).
+During training every rank's trainer catches it, the ranks agree to stop at
+the next step boundary, write a checkpoint together and leave; rank 0 then
+asks SLURM to requeue the job (``scontrol requeue``, as submitit does) and
+every task exits without recording a result, so the job's result is the one
+of the final, requeued run. The requeued job resumes from the newest complete
+checkpoint in its run directory, whatever its step number (there is no fixed
+checkpoint file name to miss). SIGTERM (``scancel``, or an outside
+``scontrol requeue``) also checkpoints before the kill, but is never answered
+with a requeue: SLURM decides. ``max_requeues`` bounds the requeues, counted
+by SLURM itself (``SLURM_RESTART_COUNT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from selfsup.errors import TrainingError
+from selfsup.pipelines.config import config_from_dict
+from selfsup.pipelines.trainer import train
+
+log = logging.getLogger(__name__)
+
+PREEMPTION_SIGNAL = "SIGUSR2"
+
+
+def restart_count() -> int:
+    """How many times SLURM has requeued this job."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def requeue(job_id: str) -> None:
+    # What submitit's SlurmJobEnvironment._requeue does; called directly because
+    # the trainer, not submitit's signal handler, decides when it is safe.
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    log.info("requeued job %s (restart %d)", job_id, restart_count() + 1)
+
+
+def _setup_task_logging() -> None:
+    """selfsup's log lines into the task's log file (rank 0 at INFO, others at WARNING)."""
+    logger = logging.getLogger("selfsup")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
+        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """``train(config)`` as a submitit job whose folder is the run directory."""
+
+    def __init__(self, config: dict[str, Any], max_requeues: int = 3) -> None:
+        self.config = config
+        self.max_requeues = max_requeues
+
+    def __call__(self) -> dict[str, Any]:
+        _setup_task_logging()
+        job = submitit.JobEnvironment()
+        run_dir = Path(self.config.get("run_dir") or job.paths.folder)
+        config = config_from_dict({**self.config, "run_dir": str(run_dir)}, source="submitted job")
+        if restart_count():
+            log.info("job %s restarted by SLURM (%d time(s))", job.job_id, restart_count())
+        result = train(config)
+        if result.stopped_by:
+            self._leave(result.stopped_by, job)
+        return {"run_dir": str(run_dir), "step": result.step, "final_loss": result.final_loss}
+
+    def _leave(self, stopped_by: str, job: submitit.JobEnvironment) -> None:
+        """After a checkpointed stop: requeue on preemption (rank 0), then exit without a result."""
+        if job.global_rank == 0 and stopped_by == PREEMPTION_SIGNAL:
+            if restart_count() >= self.max_requeues:
+                raise TrainingError(
+                    f"job {job.job_id} was preempted or timed out after {restart_count()} "
+                    f"requeue(s); not requeued again (max_requeues={self.max_requeues}). Its last "
+                    "checkpoint is in the run directory: submit again with run_dir=... to continue"
+                )
+            requeue(job.job_id)
+        # SystemExit is not an Exception: submitit records no result for this run.
+        sys.exit(-1)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """submitit's own USR2 handler calls this outside training: requeue within the bound."""
+        if restart_count() >= self.max_requeues:
+            return None  # submitit then reports the job as not requeued
+        return super().checkpoint(*args, **kwargs)

@@ -1,0 +1,220 @@
+"""SLURM submission through submitit, against a real slurmctld (slurm/dev-cluster.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.cli import main
+from selfsup.errors import ConfigError
+from selfsup.eval.report import read_scalars
+from selfsup.pipelines.checkpoint import find_latest, read_meta
+from selfsup.pipelines.config import load_config
+from selfsup.pipelines.trainer import train
+from selfsup.slurm.profiles import load_profile
+from selfsup.slurm.submit import Outcome, submit_training, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+def test_dry_run_of_a_two_node_eight_gpu_deepspeed_job(capsys, tmp_path):
+    code = main([
+        "submit", DEMO, "train.engine=deepspeed", "train.zero_stage=3", "optim.name=adamw",
+        f"output_dir={tmp_path}", "--cluster", "h100x8", "--nodes", "2", "--time", "600",
+        "--partition", "gpu-long", "--dry-run",
+    ])  # fmt: skip
+    assert code == 0
+    script = capsys.readouterr().out
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=12",
+        "#SBATCH --signal=USR2@300",
+        "#SBATCH --time=600",
+        "#SBATCH --requeue",
+        "#SBATCH --partition=gpu-long",
+        f"#SBATCH --output={tmp_path}/demo-%j/%j_0_log.out",
+    ):
+        assert line in script, line
+    assert "srun --unbuffered" in script and "-m submitit.core._submit" in script
+    assert not list(tmp_path.iterdir())  # nothing submitted or written
+
+
+def test_profile_flags_override_the_profile():
+    profile = load_profile("h100x8", {"nodes": 4, "partition": None, "gpus_per_node": 4})
+    assert profile.nodes == 4 and profile.gpus_per_node == 4 and profile.tasks == 4
+    assert profile.partition == "gpu"  # None flags leave the profile's value
+
+
+def test_missing_profile_and_bad_setting_are_one_line(capsys, tmp_path):
+    assert main(["submit", DEMO, "--cluster", "h100x9", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster profile 'h100x9' not found in configs/cluster (did you mean 'h100x8'?)" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus_per_nod: 8\n")
+    with pytest.raises(ConfigError, match="gpus_per_nod.*did you mean 'gpus_per_node'"):
+        load_profile(str(bad))
+
+
+def test_slurm_not_reachable_is_one_line(tmp_path):
+    # A SLURM config whose controller does not exist, and one with no sbatch on PATH.
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=6999\n"
+        "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=localhost Default=YES\n"
+    )
+    for env in ({"SLURM_CONF": str(conf)}, {"PATH": str(Path(sys.executable).parent)}):
+        result = subprocess.run(
+            [sys.executable, "-m", "selfsup", "submit", DEMO, f"output_dir={tmp_path}"],
+            capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "selfsup: error: SLURM is not reachable" in result.stderr, result.stderr
+
+
+# --- against the real cluster -------------------------------------------------------------
+
+
+@pytest.fixture
+def job_overrides(tiny_overrides, tmp_path):
+    kept = [
+        o
+        for o in tiny_overrides
+        if not o.startswith(("output_dir", "train.max_steps", "checkpoint"))
+    ]
+    return [*kept, f"output_dir={tmp_path / 'runs'}", "train.engine=ddp", "train.log_every=1"]
+
+
+def submit(overrides: list[str], **profile_overrides):
+    config = load_config(DEMO, overrides)
+    return submit_training(config, load_profile("dev", profile_overrides))
+
+
+def wait_until(path: Path, submission, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        state = submission.job.get_info(mode="force").get("State", "")
+        assert not state.startswith(("FAILED", "CANCELLED", "COMPLETED")), state
+        time.sleep(0.1)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "backbone.pt", weights_only=True)["state_dict"]
+
+
+def log_text(run_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted(run_dir.glob("*_0_log.err")))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_task_ddp_job_preempted_or_requeued_ends_identical_to_an_uninterrupted_one(
+    job_overrides,
+):
+    steps = [*job_overrides, "train.max_steps=40", "checkpoint.every_steps=4"]
+    straight = submit([*steps, "name=straight"])
+    outcome = wait_for(straight.job, timeout_s=600)
+    assert outcome.ok, outcome.error
+    assert outcome.result["step"] == 40 and (straight.run_dir / "config.yaml").is_file()
+    assert read_scalars(straight.run_dir / "tb", "train/loss")
+    reference = final_weights(straight.run_dir)
+    reference_loss = dict(read_scalars(straight.run_dir / "tb", "train/loss"))
+
+    interruptions = {
+        "preempted": [
+            "scancel",
+            "--signal=USR2",
+        ],  # what SLURM sends before a preemption or time limit
+        "requeued": ["scontrol", "requeue"],  # an operator's requeue: SIGTERM, then requeued
+    }
+    for name, command in interruptions.items():
+        run = submit([*steps, f"name={name}"])
+        wait_until(run.run_dir / "checkpoints" / "step_000000004", run)
+        subprocess.run([*command, run.job_id], check=True, timeout=60)
+        outcome = wait_for(run.job, timeout_s=600)
+        assert outcome.ok, (name, outcome.error)
+        text = log_text(run.run_dir)
+        assert "stopped by SIG" in text, text[-3000:]
+        resumed = [line for line in text.splitlines() if "resuming from checkpoint" in line]
+        assert len(resumed) == 1, text[-3000:]
+        step = int(resumed[0].split(" at step ")[1].split("/")[0])
+        assert step >= 4  # the newest checkpoint, never a restart from scratch
+        weights = final_weights(run.run_dir)
+        assert all(torch.equal(reference[k], weights[k]) for k in reference), name
+        loss = dict(read_scalars(run.run_dir / "tb", "train/loss"))
+        assert all(loss[s] == reference_loss[s] for s in range(step + 1, 41)), name
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_requeues_are_bounded(job_overrides):
+    run = submit(
+        [*job_overrides, "name=bounded", "train.max_steps=200", "checkpoint.every_steps=4"],
+        max_requeues=0,
+    )
+    wait_until(run.run_dir / "checkpoints" / "step_000000004", run)
+    subprocess.run(["scancel", "--signal=USR2", run.job_id], check=True, timeout=60)
+    outcome = wait_for(run.job, timeout_s=300)
+    assert outcome.state == "FAILED"
+    assert "not requeued again (max_requeues=0)" in outcome.error
+    latest = find_latest(run.run_dir / "checkpoints")
+    assert latest is not None and read_meta(latest)["step"] >= 4  # nothing lost
+
+
+@pytest.mark.slurm
+def test_a_failing_job_surfaces_its_traceback(job_overrides, tmp_path):
+    run = submit([*job_overrides, "name=failing", f"data.path={tmp_path / 'nowhere'}"])
+    outcome = wait_for(run.job, timeout_s=300)
+    assert outcome.state == "FAILED"
+    assert "Traceback" in outcome.error and "DataError" in outcome.error
+    assert "does not exist" in outcome.error
+
+
+@pytest.mark.slurm
+def test_a_cancelled_job_is_reported_cancelled(job_overrides):
+    run = submit([*job_overrides, "name=cancelled", "train.max_steps=100000"])
+    deadline = time.monotonic() + 120
+    while run.job.get_info(mode="force").get("State") != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    subprocess.run(["scancel", run.job_id], check=True, timeout=60)
+    outcome: Outcome = wait_for(run.job, poll_s=1.0, timeout_s=120)  # never waits forever
+    assert outcome.state == "CANCELLED", outcome
+
+
+@pytest.mark.slurm
+def test_unknown_partition_is_one_line(capsys, job_overrides):
+    code = main(["submit", DEMO, *job_overrides, "--cluster", "dev", "--partition", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "selfsup: error: SLURM refused the job" in err and "partition" in err
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_evaluation_array_lands_in_one_report(tiny_overrides, data_root, tmp_path, capsys):
+    run = train(load_config(None, tiny_overrides)).run_dir
+    out = tmp_path / "sweep"
+    code = main([
+        "submit-eval", str(run), "--datasets", "cifar10", "--lrs", "0.01,0.001,0.0001",
+        "--set", f"data_path={data_root}", "--set", "epochs=5", "--set", "knn_k=5",
+        "--set", "num_workers=0", "--set", "baseline=false", "--out", str(out), "--cluster", "dev",
+        "--tasks-per-node", "1", "--mem-gb", "2",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "eval_report.json").read_text())
+    assert sorted(r["lr"] for r in report["results"]) == [0.0001, 0.001, 0.01]
+    assert not report["failures"]
+    markdown = (out / "eval_report.md").read_text()
+    assert markdown.count("| cifar10 |") == 3 and "**" in markdown
