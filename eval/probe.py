@@ -19,12 +19,13 @@ import torch
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import train_linear_classifier
-from selfsup.pipelines.build import choose_loader
-from selfsup.pipelines.config import ProbeConfig
+from selfsup.pipelines.build import build_model, choose_loader
+from selfsup.pipelines.config import ProbeConfig, load_saved_config
 from selfsup.pipelines.data_sources import dataset_info, open_dataset
 from selfsup.pipelines.datasets import subset_indices, take_subset
 from selfsup.pipelines.engines import PRECISIONS, resolve_device
 from selfsup.pipelines.loaders import eval_loader
+from selfsup.pipelines.run_dir import CONFIG_FILE
 from selfsup.pipelines.seeding import seed_everything
 from selfsup.pipelines.weights import BackboneInfo, load_backbone
 from selfsup.ssl.backbones import Backbone
@@ -71,13 +72,26 @@ def probe(path: str | Path, settings: ProbeConfig, device: str = "auto") -> Prob
     trained, info = load_backbone(path)
     backbones: list[Backbone] = [trained]
     if settings.baseline:
-        seed_everything(info.seed)  # the same draw the run's first weights came from
-        backbones.append(info.build())
+        backbones.append(initial_backbone(info))
     torch_device = resolve_device(device)
     outcome = ProbeOutcome(info=info, settings=settings)
     for name in settings.datasets:
         outcome.results.append(_probe_dataset(name, backbones, info, settings, torch_device))
     return outcome
+
+
+def initial_backbone(info: BackboneInfo) -> Backbone:
+    """The weights the run started from: its model rebuilt with its seed.
+
+    With the run's config the whole method is rebuilt, so a method's own
+    initialisation of the backbone (MAE's, for one) is reproduced too; a bare
+    weights file gives the architecture's default initialisation.
+    """
+    seed_everything(info.seed)
+    if info.run_dir is not None and (info.run_dir / CONFIG_FILE).is_file():
+        config = load_saved_config(info.run_dir / CONFIG_FILE)
+        return build_model(config).backbone  # type: ignore[return-value]
+    return info.build()
 
 
 def _probe_dataset(

@@ -20,9 +20,22 @@ from selfsup.ssl.methods import build_method
 log = logging.getLogger(__name__)
 
 
+def build_backbone_for(config: RunConfig):
+    """The configured backbone, randomly initialised."""
+    model = config.model
+    return build_backbone(
+        model.backbone,
+        source=model.source,
+        cifar_stem=model.cifar_stem,
+        image_size=config.data.image_size,
+        patch_size=model.patch_size,
+        pool=model.pool,
+    )
+
+
 def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
-    """Backbone + method (projection head, loss) as configured."""
-    backbone = build_backbone(config.model.backbone, config.model.source, config.model.cifar_stem)
+    """Backbone + method (heads, decoder, loss) as configured."""
+    backbone = build_backbone_for(config)
     method = config.method
     if method.name == "simclr":
         options = {
@@ -30,6 +43,20 @@ def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
             "proj_output_dim": method.proj_output_dim,
             "temperature": method.temperature,
             "gather_distributed": distributed,
+        }
+    elif method.name == "mae":
+        options = {
+            "mask_ratio": method.mask_ratio if method.mask_ratio is not None else 0.75,
+            "decoder_dim": method.decoder_dim,
+            "decoder_depth": method.decoder_depth,
+            "decoder_heads": method.decoder_heads,
+            "norm_pix_loss": method.norm_pix_loss,
+        }
+    elif method.name == "simmim":
+        options = {
+            "image_size": config.data.image_size,
+            "mask_ratio": method.mask_ratio if method.mask_ratio is not None else 0.6,
+            "mask_patch_size": method.mask_patch_size,
         }
     else:  # pragma: no cover - CHOICES validation keeps this unreachable
         raise ConfigError(f"unknown method '{method.name}'")

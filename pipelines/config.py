@@ -68,9 +68,11 @@ class AugmentConfig:
 class ModelConfig:
     """Backbone architecture."""
 
-    backbone: str = "resnet18"  # resnet18 | resnet50
-    source: str = "torchvision"  # torchvision | timm
-    cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32 px images
+    backbone: str = "resnet18"  # resnet18 | resnet50 | vit_tiny | vit_small | vit_base
+    source: str = "auto"  # auto (torchvision ResNets, timm ViTs) | torchvision | timm
+    cifar_stem: bool = False  # ResNets: 3x3 stride-1 first conv and no max-pool, for 32 px images
+    patch_size: int | None = None  # ViTs: None -> 16 from 128 px up, else 4
+    pool: str = "token"  # ViTs: features from the class token, or avg of the patch tokens
     channels_last: bool = True
 
 
@@ -78,10 +80,16 @@ class ModelConfig:
 class MethodConfig:
     """Self-supervised objective."""
 
-    name: str = "simclr"
-    temperature: float = 0.5  # NT-Xent temperature
-    proj_hidden_dim: int | None = None  # None: the backbone's feature dimension
-    proj_output_dim: int = 128
+    name: str = "simclr"  # simclr | mae (ViTs) | simmim (ResNets)
+    temperature: float = 0.5  # simclr: NT-Xent temperature
+    proj_hidden_dim: int | None = None  # simclr: None -> the backbone's feature dimension
+    proj_output_dim: int = 128  # simclr
+    mask_ratio: float | None = None  # mae/simmim: share of patches hidden (None: 0.75 / 0.6)
+    mask_patch_size: int | None = None  # simmim: masked square side (None: image_size / 8)
+    decoder_dim: int = 512  # mae
+    decoder_depth: int = 8  # mae
+    decoder_heads: int = 16  # mae
+    norm_pix_loss: bool = True  # mae: predict per-patch normalised pixels
 
 
 @dataclass
@@ -109,6 +117,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     log_every: int = 10  # steps between TensorBoard scalars
+    image_every: int = 500  # steps between reconstruction images (mae, simmim) in TensorBoard
+    compile: bool = False  # torch.compile the model (single and ddp engines)
+    peak_tflops: float | None = None  # per device, for MFU where selfsup has no table entry
     engine: str = "single"  # single | ddp | deepspeed (ddp/deepspeed under torchrun or srun)
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     sync_batchnorm: bool = False  # ddp: BatchNorm statistics over all processes
@@ -174,8 +185,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("torchvision", "ffcv", "auto"),
     "data.ffcv_order": ("random", "quasi_random"),
     "probe.loader": ("torchvision", "ffcv", "auto"),
-    "model.source": ("torchvision", "timm"),
-    "method.name": ("simclr",),
+    "model.source": ("auto", "torchvision", "timm"),
+    "model.pool": ("token", "avg"),
+    "method.name": ("simclr", "mae", "simmim"),
     "optim.name": ("sgd", "lars", "adamw"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -284,6 +296,7 @@ def validate(config: RunConfig) -> None:
         "checkpoint.every_steps": config.checkpoint.every_steps,
         "checkpoint.keep_last": config.checkpoint.keep_last,
         "train.log_every": config.train.log_every,
+        "train.image_every": config.train.image_every,
         "train.grad_accum_steps": config.train.grad_accum_steps,
         "probe.knn_k": config.probe.knn_k,
     }
@@ -327,6 +340,11 @@ def validate(config: RunConfig) -> None:
                 f"{', '.join(d for d in known_datasets if d != 'imagefolder')} "
                 "(imagefolder needs probe.data_path or probe.betons)"
             )
+    ratio = config.method.mask_ratio
+    if ratio is not None and not 0 < ratio < 1:
+        raise ConfigError(
+            f"config key 'method.mask_ratio' must be strictly between 0 and 1, got {ratio}"
+        )
     if config.augment.num_views < 2 and config.method.name == "simclr":
         raise ConfigError("config key 'augment.num_views' must be >= 2 for SimCLR")
 

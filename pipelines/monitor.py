@@ -2,8 +2,10 @@
 
 Every rank records its per-step numbers; every ``log_every`` steps the
 trainer averages the window over ranks and the main process alone writes
-them. The progress bar shows loss, learning rate, images per second and
-tqdm's ETA; the same numbers go to TensorBoard under ``train/``. On resume
+them. The progress bar shows loss, learning rate, images per second, model
+FLOPs utilisation (where the device's peak is known) and tqdm's ETA; the same
+numbers go to TensorBoard under ``train/`` (``img_per_s``, ``tflops``: achieved
+TFLOP/s per device, ``mfu``). On resume
 the writer purges events after the resumed step, so curves never hold the
 steps replayed after a crash twice.
 """
@@ -18,6 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from selfsup.pipelines.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,11 @@ class Monitor:
         start_step: int,
         images_per_step: int,
         enabled: bool = True,
+        throughput: Throughput | None = None,
     ) -> None:
         self.enabled = enabled
         self.images_per_step = images_per_step
+        self.throughput = throughput
         # Events up to the resumed step were logged before its checkpoint was
         # written; later ones belong to steps that are now replayed.
         self.writer = (
@@ -62,6 +68,7 @@ class Monitor:
         self._started = time.perf_counter()
         self.last_loss: float | None = None
         self.images_per_second: float | None = None
+        self.steps_per_second: float | None = None
 
     def record(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Add one forward pass's loss and metrics to the window (no device sync)."""
@@ -78,8 +85,9 @@ class Monitor:
     def take_window(self) -> dict[str, torch.Tensor]:
         """This rank's window means, and a fresh window."""
         means = {name: total / self._records for name, total in self._sums.items()}
-        elapsed = time.perf_counter() - self._started
-        self.images_per_second = self._steps * self.images_per_step / max(elapsed, 1e-9)
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self.steps_per_second = self._steps / elapsed
+        self.images_per_second = self.steps_per_second * self.images_per_step
         self._sums, self._records, self._steps = {}, 0, 0
         self._started = time.perf_counter()
         return means
@@ -95,16 +103,31 @@ class Monitor:
             for name, value in means.items():
                 if name != LOSS:
                     self.writer.add_scalar(f"train/{name}", value, step)
-        self.bar.set_postfix(
-            loss=f"{means[LOSS]:.4f}",
-            lr=f"{lr:.3g}",
-            img_s=f"{self.images_per_second or 0:.0f}",
-            refresh=False,  # the bar redraws on its own schedule (mininterval)
-        )
+        postfix = {
+            "loss": f"{means[LOSS]:.4f}",
+            "lr": f"{lr:.3g}",
+            "img_s": f"{self.images_per_second or 0:.0f}",
+        }
+        if self.throughput is not None and self.steps_per_second is not None:
+            achieved = self.throughput.achieved(self.steps_per_second)
+            mfu = self.throughput.mfu(self.steps_per_second)
+            if achieved is not None:
+                self.add_scalar("train/tflops", achieved / 1e12, step)
+                postfix["tflops"] = f"{achieved / 1e12:.1f}"
+            if mfu is not None:
+                self.add_scalar("train/mfu", mfu, step)
+                postfix["mfu"] = f"{100 * mfu:.1f}%"
+        # refresh=False: the bar redraws on its own schedule (mininterval)
+        self.bar.set_postfix(postfix, refresh=False)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """A ``(3, H, W)`` image with values in [0, 1]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step)
 
     def close(self) -> None:
         self.bar.close()

@@ -19,11 +19,12 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from selfsup.errors import TrainingError
 from selfsup.pipelines.build import build_augment, build_model, build_train_loader
@@ -42,7 +43,10 @@ from selfsup.pipelines.run_dir import (
 )
 from selfsup.pipelines.seeding import derive_seed, seed_everything
 from selfsup.pipelines.stopping import StopRequest
+from selfsup.pipelines.throughput import Throughput, count_step_flops
+from selfsup.pipelines.visuals import augmentation_grid, can_reconstruct, log_reconstructions
 from selfsup.pipelines.weights import info_from_config, save_backbone
+from selfsup.ssl.outputs import StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,10 @@ class TrainResult:
 
 def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
     """Pretrain as configured; resume from the run directory's newest checkpoint."""
+    # Shapes only, on the meta device: a backbone/method/size mismatch is refused
+    # before a run directory is created or a process group is started.
+    with torch.device("meta"):
+        build_model(config)
     own_engine = engine is None
     engine = engine or build_engine(config)
     try:
@@ -78,7 +86,11 @@ def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
         engine.barrier()
         handler = attach_log_file(run_dir) if engine.is_main else None
         try:
-            return _train(config, engine, manager, resume_from, run_dir)
+            result = _train(config, engine, manager, resume_from, run_dir)
+            # Leave the process group together: a rank that tears it down while
+            # another still writes the final files can abort in gloo's threads.
+            engine.barrier()
+            return result
         finally:
             if handler is not None:
                 logging.getLogger("selfsup").removeHandler(handler)
@@ -113,6 +125,26 @@ def optimizer_steps(
             raise RuntimeError(
                 f"the loader ended epoch {epoch} after fewer than its {steps_per_epoch} steps"
             )
+
+
+def optimizer_step(
+    engine: Engine, model: nn.Module, micro_batches: Iterable[list[torch.Tensor]], accum: int
+) -> list[StepOutput]:
+    """One optimizer step: forward and backward over ``accum`` micro-batches of views, then update.
+
+    ``micro_batches`` may be a generator, so each micro-batch is made (and
+    augmented) just before its forward pass. This is the whole training step;
+    ``bench/train_step.py`` times it against the same step in plain torch.
+    """
+    outputs = []
+    for i, views in enumerate(micro_batches):
+        with engine.sync_context(last=i == accum - 1):
+            with engine.autocast():
+                output = model(views)
+            engine.backward(output.loss)
+        outputs.append(output)
+    engine.step()
+    return outputs
 
 
 def _train(
@@ -157,7 +189,18 @@ def _train(
         peak_lr(config.optim, global_batch), config.train.precision, engine.device, engine.name,
     )  # fmt: skip
 
-    monitor = Monitor(run_dir, total_steps, state.step, global_batch, enabled=engine.is_main)
+    throughput = Throughput(_step_flops(config, accum), engine.device, config.train.peak_tflops)
+    monitor = Monitor(
+        run_dir,
+        total_steps,
+        state.step,
+        global_batch,
+        enabled=engine.is_main,
+        throughput=throughput,
+    )
+    data = config.data
+    first_step = state.step
+    preview: torch.Tensor | None = None  # the images reconstructions are drawn for
     stop = StopRequest().install()
     last_saved = resumed_from_step
     last_loss: float | None = None
@@ -185,18 +228,31 @@ def _train(
             step, micro_batches = next(steps)
             assert step == state.step
             lr = optimizer.param_groups[0]["lr"]
-            for i, batch in enumerate(micro_batches):
-                views = [v.to(engine.device, non_blocking=True) for v in batch.views]
-                views = augment(views, seed=derive_seed(seed, engine.rank, step, i))
-                with engine.sync_context(last=i == accum - 1):
-                    with engine.autocast():
-                        output = model(views)
-                    engine.backward(output.loss)
+
+            def augmented(step: int = step, micro_batches: list[ViewBatch] = micro_batches):
+                nonlocal preview
+                for i, batch in enumerate(micro_batches):
+                    views = [v.to(engine.device, non_blocking=True) for v in batch.views]
+                    views = augment(views, seed=derive_seed(seed, engine.rank, step, i))
+                    if step == first_step and i == 0:
+                        grid = augmentation_grid(views, data.mean, data.std)
+                        monitor.add_image("train/augmentations", grid, step)
+                        preview = views[0][:8].clone()
+                    yield views
+
+            for output in optimizer_step(engine, model, augmented(), accum):
                 monitor.record(output.loss, output.metrics)
-            engine.step()
             scheduler.step()
             state.step += 1
             monitor.advance()
+            reconstructs = preview is not None and can_reconstruct(engine.unwrap())
+            if reconstructs and (
+                state.step % config.train.image_every == 0 or state.step == total_steps
+            ):
+                with engine.autocast():
+                    log_reconstructions(
+                        monitor, engine.unwrap(), preview, state.step, data.mean, data.std
+                    )
             if state.step % config.train.log_every == 0 or state.step == total_steps:
                 window = monitor.take_window()
                 reduced = engine.reduce_mean(torch.stack(list(window.values())).float())
@@ -235,6 +291,19 @@ def _train(
         final_loss=last_loss if last_loss is not None else monitor.last_loss,
         stopped_by=stopped_by,
     )
+
+
+def _step_flops(config: RunConfig, accum: int) -> float | None:
+    """FLOPs of one optimizer step on one process (all its micro-batches)."""
+    size, views = config.data.image_size, config.augment.num_views
+    with torch.random.fork_rng(devices=[]):  # counting must not consume training's RNG
+        flops = count_step_flops(
+            lambda: build_model(config),
+            lambda device: (
+                [torch.zeros(config.data.batch_size, 3, size, size, device=device)] * views
+            ),
+        )
+    return None if flops is None else flops * accum
 
 
 def _finish(

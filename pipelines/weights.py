@@ -43,10 +43,19 @@ class BackboneInfo:
     origin: str  # the file or folder the weights came from
     run_dir: Path | None  # the run they belong to, where known
     seed: int = 0  # the run's seed: the random-init baseline uses the same initialisation
+    patch_size: int | None = None  # ViTs
+    pool: str = "token"  # ViTs
 
     def build(self) -> Backbone:
         """A fresh backbone of this architecture (random weights)."""
-        return build_backbone(self.name, self.source, self.cifar_stem)
+        return build_backbone(
+            self.name,
+            self.source,
+            self.cifar_stem,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            pool=self.pool,
+        )
 
 
 def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step: int | None):
@@ -61,6 +70,8 @@ def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step:
         origin=origin,
         run_dir=run_dir,
         seed=config.train.seed,
+        patch_size=config.model.patch_size,
+        pool=config.model.pool,
     )
 
 
@@ -68,7 +79,13 @@ def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: Backbo
     """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "backbone": {"name": info.name, "source": info.source, "cifar_stem": info.cifar_stem},
+        "backbone": {
+            "name": info.name,
+            "source": info.source,
+            "cifar_stem": info.cifar_stem,
+            "patch_size": info.patch_size if info.patch_size is not None else -1,
+            "pool": info.pool,
+        },
         "image_size": info.image_size,
         "mean": list(info.mean),
         "std": list(info.std),
@@ -146,6 +163,8 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
         name=spec["name"],
         source=spec["source"],
         cifar_stem=bool(spec["cifar_stem"]),
+        patch_size=spec["patch_size"] if spec.get("patch_size", -1) > 0 else None,
+        pool=spec.get("pool", "token"),
         image_size=int(payload["image_size"]),
         mean=list(payload["mean"]),
         std=list(payload["std"]),

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cluster_flags(submit_eval)
     submit_eval.add_argument(
+        "--wait-min", type=float, default=None,
+        help="give up waiting after this many minutes (tasks left running are cancelled)",
+    )  # fmt: skip
+    submit_eval.add_argument(
         "--dry-run", action="store_true", help="list the tasks; submit nothing"
     )
     submit_eval.set_defaults(func=cmd_submit_eval)
@@ -345,11 +349,15 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
         flush=True,
     )
     rows, failures = [], []
+    deadline = None if args.wait_min is None else time.monotonic() + 60 * args.wait_min
     for task, job in zip(tasks, jobs, strict=True):
-        outcome = wait_for(job)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        outcome = wait_for(job, timeout_s=left)
         if outcome.ok:
             rows.append(outcome.result)
         else:
+            if not job.done():
+                job.cancel(check=False)  # past --wait-min: nothing keeps running unwatched
             failures.append(f"{task.checkpoint} on {task.dataset}, lr {task.lr:g}: {outcome.state}")
     report = write_eval_report(rows, failures, out)
     print(f"report: {report} ({len(rows)} of {len(tasks)} tasks finished)")

@@ -166,12 +166,43 @@ start() {
     pgrep -x slurmdbd >/dev/null || /usr/sbin/slurmdbd
     wait_for "slurmdbd" sacctmgr -n list cluster
     sacctmgr -i -n add cluster "$CLUSTER" >/dev/null 2>&1 || true
+    local fresh=0
+    pgrep -x slurmd >/dev/null || fresh=1
     pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -f "$CONF"
     pgrep -x slurmd >/dev/null || /usr/sbin/slurmd -f "$CONF" -N localhost
     wait_for "slurmctld" scontrol ping
     scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
     wait_for "the node" sh -c "sinfo -h -n localhost -o %T | grep -qE '^(idle|mixed|allocated)'"
+    if [ "$fresh" = 1 ]; then forget_orphaned_jobs; fi
+    smoke_test
     log "up: partition $PARTITION, $(nproc) CPUs; export SLURM_CONF=$CONF"
+}
+
+# slurmctld keeps its queue across restarts (job ids stay unique, so run
+# directories keyed by job id never collide). But when slurmd was down, every
+# job recorded as running lost its processes with it, and the controller would
+# hold the node for them until their time limit. Cancel them.
+forget_orphaned_jobs() {
+    local jobs
+    jobs=$(squeue -h -o %A | tr '\n' ' ')
+    [ -n "${jobs// /}" ] || return 0
+    log "cancelling jobs left from before the restart: $jobs"
+    # shellcheck disable=SC2086
+    scancel $jobs || true
+    wait_for "an empty queue" sh -c '[ -z "$(squeue -h -o %A)" ]'
+}
+
+# Prove the cluster runs a job before anyone relies on it; say why when it can't.
+smoke_test() {
+    if timeout 90 sbatch --quiet --wait --time=1 --mem=100M --output=/dev/null \
+        --job-name=dev-cluster-smoke --wrap=true; then
+        return 0
+    fi
+    log "a one-second test job did not complete; what the cluster says:"
+    squeue -l >&2 || true
+    sinfo -R >&2 || true
+    tail -n 20 "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log" >&2 || true
+    return 1
 }
 
 stop() {

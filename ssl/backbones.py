@@ -4,7 +4,15 @@ Every backbone is a torchvision or timm model with its classifier removed,
 wrapped in :class:`Backbone`, which records its feature dimension. The wrapped
 network (``Backbone.trunk``) keeps its library's parameter names, so exported
 weights load straight into ``torchvision.models.resnet18()`` (with
-``fc = nn.Identity()``) or ``timm.create_model(name, num_classes=0)``.
+``fc = nn.Identity()``) or ``timm.create_model(name, num_classes=0, ...)``.
+
+======================  ===========  ====================================
+name                    feature dim  library
+======================  ===========  ====================================
+resnet18 / resnet50     512 / 2048   torchvision (default) or timm
+vit_tiny / small / base 192/384/768  timm; ``patch_size`` and ``image_size``
+                                     free (patch 16 at 224 px, 4 at 32 px)
+======================  ===========  ====================================
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from selfsup.errors import unknown_name
+from selfsup.errors import ConfigError, unknown_name
 
-SOURCES = ("torchvision", "timm")
+SOURCES = ("auto", "torchvision", "timm")
+VIT_POOLS = ("token", "avg")  # class token, or the mean of the patch tokens
 
 
 class Backbone(nn.Module):
@@ -29,19 +38,35 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.name = name
 
+    @property
+    def is_vit(self) -> bool:
+        return self.name.startswith("vit_")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(images)
 
 
 @dataclass(frozen=True)
+class BackboneOptions:
+    """How to build a registered backbone (the parts of ``model.*`` that shape it)."""
+
+    source: str = "auto"
+    cifar_stem: bool = False  # ResNets: 3x3/1 first conv, no max-pool (32 px images)
+    image_size: int = 224  # ViTs: the position embedding's grid
+    patch_size: int | None = None  # ViTs: None -> 16 from 128 px up, else 4
+    pool: str = "token"  # ViTs: token | avg
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     feature_dim: int
-    build: Callable[[str, bool], nn.Module]  # (source, cifar_stem) -> trunk
+    build: Callable[[BackboneOptions], nn.Module]
+    sources: tuple[str, ...]
 
 
-def _resnet(name: str) -> Callable[[str, bool], nn.Module]:
-    def build(source: str, cifar_stem: bool) -> nn.Module:
-        if source == "torchvision":
+def _resnet(name: str) -> Callable[[BackboneOptions], nn.Module]:
+    def build(options: BackboneOptions) -> nn.Module:
+        if options.source in ("auto", "torchvision"):
             import torchvision
 
             trunk = getattr(torchvision.models, name)(weights=None)
@@ -50,16 +75,49 @@ def _resnet(name: str) -> Callable[[str, bool], nn.Module]:
             import timm
 
             trunk = timm.create_model(name, pretrained=False, num_classes=0)
-        if cifar_stem:
+        if options.cifar_stem:
             replace_with_cifar_stem(trunk)
         return trunk
 
     return build
 
 
+def default_patch_size(image_size: int) -> int:
+    return 16 if image_size >= 128 else 4
+
+
+def _vit(timm_name: str) -> Callable[[BackboneOptions], nn.Module]:
+    def build(options: BackboneOptions) -> nn.Module:
+        import timm
+
+        patch = options.patch_size or default_patch_size(options.image_size)
+        if options.image_size % patch:
+            raise ConfigError(
+                f"data.image_size={options.image_size} is not divisible by "
+                f"model.patch_size={patch}; ViT patches must tile the image "
+                "(e.g. patch 16 at 224 px, 4 at 32 px)"
+            )
+        if options.pool not in VIT_POOLS:
+            raise unknown_name("ViT pooling", options.pool, VIT_POOLS)
+        return timm.create_model(
+            timm_name,
+            pretrained=False,
+            num_classes=0,
+            img_size=options.image_size,
+            patch_size=patch,
+            global_pool=options.pool,
+            dynamic_img_size=False,
+        )
+
+    return build
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(feature_dim=512, build=_resnet("resnet18")),
-    "resnet50": BackboneSpec(feature_dim=2048, build=_resnet("resnet50")),
+    "resnet18": BackboneSpec(512, _resnet("resnet18"), ("torchvision", "timm")),
+    "resnet50": BackboneSpec(2048, _resnet("resnet50"), ("torchvision", "timm")),
+    "vit_tiny": BackboneSpec(192, _vit("vit_tiny_patch16_224"), ("timm",)),
+    "vit_small": BackboneSpec(384, _vit("vit_small_patch16_224"), ("timm",)),
+    "vit_base": BackboneSpec(768, _vit("vit_base_patch16_224"), ("timm",)),
 }
 
 
@@ -67,14 +125,27 @@ def backbone_names() -> list[str]:
     return sorted(BACKBONES)
 
 
-def build_backbone(name: str, source: str = "torchvision", cifar_stem: bool = False) -> Backbone:
+def build_backbone(
+    name: str,
+    source: str = "auto",
+    cifar_stem: bool = False,
+    image_size: int = 224,
+    patch_size: int | None = None,
+    pool: str = "token",
+) -> Backbone:
     """Build a randomly initialised backbone by registry name."""
     spec = BACKBONES.get(name)
     if spec is None:
         raise unknown_name("backbone", name, backbone_names())
     if source not in SOURCES:
         raise unknown_name("backbone source", source, SOURCES)
-    return Backbone(spec.build(source, cifar_stem), spec.feature_dim, name)
+    if source != "auto" and source not in spec.sources:
+        raise ConfigError(
+            f"backbone '{name}' comes from {' or '.join(spec.sources)}, not {source}; "
+            "set model.source=auto"
+        )
+    options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool)
+    return Backbone(spec.build(options), spec.feature_dim, name)
 
 
 def replace_with_cifar_stem(resnet: nn.Module) -> None:
@@ -89,3 +160,22 @@ def replace_with_cifar_stem(resnet: nn.Module) -> None:
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     resnet.conv1 = conv
     resnet.maxpool = nn.Identity()
+
+
+def resnet_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last stage's spatial features ``(B, C, h, w)`` of a torchvision or timm ResNet."""
+    x = trunk.conv1(images)
+    x = trunk.bn1(x)
+    x = (trunk.act1 if hasattr(trunk, "act1") else trunk.relu)(x)
+    x = trunk.maxpool(x)
+    for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
+        x = stage(x)
+    return x
+
+
+def resnet_stride(trunk: nn.Module) -> int:
+    """Total downsampling of a ResNet: the stem's (conv1 x max-pool) times 8 (stages 2-4)."""
+    conv_stride = trunk.conv1.stride[0]
+    pool = trunk.maxpool
+    pool_stride = 1 if isinstance(pool, nn.Identity) else int(getattr(pool, "stride", 2))
+    return conv_stride * pool_stride * 8

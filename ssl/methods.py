@@ -9,10 +9,14 @@ from torch import nn
 
 from selfsup.errors import unknown_name
 from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.mae import MAE
 from selfsup.ssl.simclr import SimCLR
+from selfsup.ssl.simmim import SimMIM
 
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "simclr": SimCLR,
+    "mae": MAE,
+    "simmim": SimMIM,
 }
 
 

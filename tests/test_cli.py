@@ -68,6 +68,25 @@ def test_train_bad_input_is_one_line(capsys, tmp_path, args, fragments):
     assert_one_line_error(code, err, *fragments)
 
 
+MAE = str(REPO / "configs" / "mae_vit_tiny_cifar10.yaml")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["method.mask_ratio=1.0"], ["'method.mask_ratio' must be strictly between 0 and 1"]),
+        (["method.mask_ratio=0"], ["'method.mask_ratio' must be strictly between 0 and 1"]),
+        (["data.image_size=30"], ["image_size=30 is not divisible by model.patch_size=4"]),
+        (["model.backbone=vit_smal"], ["unknown backbone 'vit_smal'", "'vit_small'"]),
+        (["model.backbone=resnet18"], ["method.name=mae needs a ViT backbone"]),
+    ],
+)
+def test_masked_recipe_bad_input_is_one_line(capsys, tmp_path, args, fragments):
+    code, _, err = run_cli(capsys, "train", MAE, f"output_dir={tmp_path}", *args)
+    assert_one_line_error(code, err, *fragments)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_train_on_a_folder_of_the_wrong_format(capsys, tmp_path, data_root):
     code, _, err = run_cli(
         capsys, "train", DEMO, f"output_dir={tmp_path}", "--data", str(data_root / "FashionMNIST")

@@ -38,6 +38,7 @@ def build_engine(config: RunConfig, env: DistEnv | None = None) -> Engine:
         "clip_grad_norm": config.optim.clip_grad_norm,
         "grad_accum_steps": train.grad_accum_steps,
         "env": env,
+        "compile": train.compile,
     }
     if name == "single":
         return Engine(**options)

@@ -66,6 +66,7 @@ class Engine:
         clip_grad_norm: float | None,
         grad_accum_steps: int = 1,
         env: DistEnv | None = None,
+        compile: bool = False,
     ) -> None:
         check_precision(precision, device)
         if grad_accum_steps < 1:
@@ -75,6 +76,7 @@ class Engine:
         self.clip_grad_norm = clip_grad_norm
         self.grad_accum_steps = grad_accum_steps
         self.env = env or DistEnv()
+        self.compile = compile
         self.dtype = PRECISIONS[precision]
         # Loss scaling only matters for fp16; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -115,7 +117,11 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = optimizer
-        return model
+        return self.maybe_compile(model)
+
+    def maybe_compile(self, module: nn.Module) -> nn.Module:
+        """``torch.compile`` the module the loop calls, when ``train.compile`` asks for it."""
+        return torch.compile(module) if self.compile else module
 
     def unwrap(self) -> nn.Module:
         """The plain model, without any distributed wrapper."""

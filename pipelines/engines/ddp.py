@@ -45,11 +45,13 @@ class DDPEngine(Engine):
     ) -> nn.Module:
         if self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        compile_requested, self.compile = self.compile, False
         super().setup(model, optimizer, channels_last)
+        self.compile = compile_requested
         self.wrapped = DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
-        return self.wrapped
+        return self.maybe_compile(self.wrapped)
 
     def save_model_and_optimizer(self, path: Path) -> None:
         # Buffers (BatchNorm statistics) drift apart between ranks within a step;

@@ -165,6 +165,8 @@ class DeepSpeedEngine(Engine):
         self.ds_engine, self.optimizer, _, _ = self.deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )
+        if self.compile:
+            self.ds_engine.compile()  # DeepSpeed's own torch.compile integration
         return self.ds_engine
 
     def unwrap(self) -> nn.Module:

@@ -85,6 +85,24 @@ def test_slurm_not_reachable_is_one_line(tmp_path):
 # --- against the real cluster -------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def cancel_leftover_jobs(request, tmp_path):
+    """A failed or interrupted test must not leave jobs holding the cluster's cores."""
+    yield
+    if "slurm" not in request.keywords:
+        return
+    listing = subprocess.run(
+        ["squeue", "-h", "--Format=JobID:20,STDOUT:500"], capture_output=True, text=True
+    )
+    ours = [
+        line.split()[0]
+        for line in listing.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].startswith(str(tmp_path))
+    ]
+    if ours:
+        subprocess.run(["scancel", *ours], check=False, timeout=60)
+
+
 @pytest.fixture
 def job_overrides(tiny_overrides, tmp_path):
     kept = [
@@ -183,7 +201,7 @@ def test_a_failing_job_surfaces_its_traceback(job_overrides, tmp_path):
 
 @pytest.mark.slurm
 def test_a_cancelled_job_is_reported_cancelled(job_overrides):
-    run = submit([*job_overrides, "name=cancelled", "train.max_steps=100000"])
+    run = submit([*job_overrides, "name=cancelled", "train.max_steps=5000"])
     deadline = time.monotonic() + 120
     while run.job.get_info(mode="force").get("State") != "RUNNING":
         assert time.monotonic() < deadline
@@ -210,7 +228,7 @@ def test_evaluation_array_lands_in_one_report(tiny_overrides, data_root, tmp_pat
         "submit-eval", str(run), "--datasets", "cifar10", "--lrs", "0.01,0.001,0.0001",
         "--set", f"data_path={data_root}", "--set", "epochs=5", "--set", "knn_k=5",
         "--set", "num_workers=0", "--set", "baseline=false", "--out", str(out), "--cluster", "dev",
-        "--tasks-per-node", "1", "--mem-gb", "2",
+        "--tasks-per-node", "1", "--mem-gb", "2", "--wait-min", "15",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "eval_report.json").read_text())

@@ -49,3 +49,43 @@ def test_unknown_backbone_suggests_the_closest_name():
 def test_unknown_source_is_refused():
     with pytest.raises(ConfigError, match="torchvision, timm"):
         build_backbone("resnet18", source="keras")
+
+
+@pytest.mark.parametrize("name, dim", [("vit_tiny", 192), ("vit_small", 384), ("vit_base", 768)])
+def test_vit_backbones_at_cifar_and_imagenet_sizes(name, dim):
+    small = build_backbone(name, image_size=32)  # patch 4 by default below 128 px
+    assert small.feature_dim == dim and small.trunk.patch_embed.patch_size == (4, 4)
+    with torch.no_grad():
+        assert small.eval()(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+    large = build_backbone(name, image_size=224)
+    assert (
+        large.trunk.patch_embed.patch_size == (16, 16)
+        and large.trunk.patch_embed.num_patches == 196
+    )
+
+
+def test_vit_pooling_by_class_token_or_mean():
+    torch.manual_seed(0)
+    token = build_backbone("vit_tiny", image_size=32, pool="token").eval()
+    torch.manual_seed(0)
+    mean = build_backbone("vit_tiny", image_size=32, pool="avg").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(token(x), mean(x))
+
+
+def test_image_size_must_be_divisible_by_the_patch_size():
+    with pytest.raises(
+        ConfigError, match="data.image_size=30 is not divisible by model.patch_size=4"
+    ):
+        build_backbone("vit_tiny", image_size=30)
+
+
+def test_unknown_vit_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'vit_small'"):
+        build_backbone("vit_smal")
+
+
+def test_vits_come_from_timm():
+    with pytest.raises(ConfigError, match="comes from timm, not torchvision"):
+        build_backbone("vit_tiny", source="torchvision", image_size=32)

@@ -1,0 +1,301 @@
+"""Training-step throughput and MFU: selfsup's step against the same step in plain torch/timm.
+
+Two workloads, on synthetic batches already on the device (no data loading,
+so the model step alone is measured):
+
+- ``simclr_r50``: SimCLR, ResNet-50 at 224 px, two views per image,
+  2048-2048-128 projection head, NT-Xent; SGD with momentum; channels_last.
+- ``mae_vitb16``: MAE, ViT-B/16 at 224 px, 75% masked, 8-block 512-wide
+  decoder, normalised-pixel loss; AdamW.
+
+``selfsup`` is the trainer's own ``optimizer_step`` on a model, engine and
+optimizer built from a selfsup config, exactly as ``selfsup train`` builds
+them. ``plain`` is the same computation written directly with torchvision /
+timm modules and torch optimisers, no selfsup code. Both use bf16 autocast
+and, with ``--compile``, ``torch.compile`` on the model. FLOPs per step are
+counted once with ``torch.utils.flop_counter`` (selfsup's ``count_step_flops``)
+and MFU is against the device's dense bf16 peak (``pipelines/throughput.py``).
+
+    python bench/train_step.py                          # both workloads, GPU when present
+    python bench/train_step.py --compile
+    python bench/train_step.py --smoke                  # tiny sizes: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from selfsup.pipelines.build import build_model
+from selfsup.pipelines.config import load_config
+from selfsup.pipelines.engines import Engine
+from selfsup.pipelines.optim import build_optimizer
+from selfsup.pipelines.throughput import count_step_flops, peak_flops
+from selfsup.pipelines.trainer import optimizer_step
+
+WORKLOADS = ("simclr_r50", "mae_vitb16")
+
+
+@dataclass
+class Sizes:
+    image: int
+    batch: int
+    patch: int
+    decoder_dim: int
+    decoder_depth: int
+
+
+def sizes(args: argparse.Namespace, workload: str) -> Sizes:
+    if args.smoke:
+        return Sizes(image=32, batch=4, patch=8, decoder_dim=32, decoder_depth=1)
+    batch = args.batch_size or (256 if workload == "simclr_r50" else 512)
+    return Sizes(image=224, batch=batch, patch=16, decoder_dim=512, decoder_depth=8)
+
+
+# --- selfsup ----------------------------------------------------------------------------
+
+
+def selfsup_overrides(workload: str, s: Sizes) -> list[str]:
+    common = [f"data.image_size={s.image}", f"data.batch_size={s.batch}", "train.precision=bf16"]
+    if workload == "simclr_r50":
+        overrides = [
+            "model.backbone=resnet50", "model.cifar_stem=false", "model.channels_last=true",
+            "method.name=simclr", "method.proj_hidden_dim=2048", "method.proj_output_dim=128",
+            "optim.name=sgd", "augment.num_views=2",
+        ]  # fmt: skip
+    else:
+        overrides = [
+            "model.backbone=vit_base", f"model.patch_size={s.patch}", "model.channels_last=false",
+            "method.name=mae", "method.mask_ratio=0.75", f"method.decoder_dim={s.decoder_dim}",
+            f"method.decoder_depth={s.decoder_depth}", "method.decoder_heads=16",
+            "optim.name=adamw", "augment.num_views=1",
+        ]  # fmt: skip
+    return [*common, *overrides]
+
+
+def selfsup_step(workload: str, s: Sizes, device: torch.device, compile_: bool) -> Callable:
+    config = load_config(None, selfsup_overrides(workload, s))
+    model = build_model(config).to(device)
+    optimizer = build_optimizer(model, config.optim, s.batch)
+    engine = Engine(device, "bf16", None, compile=compile_)
+    model = engine.setup(model, optimizer, channels_last=config.model.channels_last)
+    views = make_views(workload, s, device, config.model.channels_last)
+
+    def step() -> None:
+        optimizer_step(engine, model, [views], accum=1)
+
+    return step
+
+
+# --- plain torch / timm -----------------------------------------------------------------
+
+
+class PlainSimCLR(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torchvision.models.resnet50()
+        self.backbone.fc = nn.Identity()
+        self.head = nn.Sequential(
+            nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
+            nn.Linear(2048, 128),
+        )  # fmt: skip
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        z = F.normalize(self.head(self.backbone(torch.cat(views))).float(), dim=1)
+        n = views[0].shape[0]
+        logits = z @ z.T / 0.1
+        logits.fill_diagonal_(float("-inf"))
+        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return F.cross_entropy(logits, targets)
+
+
+class PlainMAE(nn.Module):
+    def __init__(self, s: Sizes) -> None:
+        super().__init__()
+        self.patch = s.patch
+        self.encoder = timm.create_model(
+            "vit_base_patch16_224", patch_size=s.patch, img_size=s.image, num_classes=0
+        )
+        num_patches = (s.image // s.patch) ** 2
+        self.embed = nn.Linear(768, s.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, s.decoder_dim))
+        self.decoder_pos = nn.Parameter(torch.zeros(1, num_patches + 1, s.decoder_dim))
+        self.decoder = nn.Sequential(
+            *[Block(s.decoder_dim, 16, qkv_bias=True) for _ in range(s.decoder_depth)]
+        )
+        self.decoder_norm = nn.LayerNorm(s.decoder_dim)
+        self.pred = nn.Linear(s.decoder_dim, s.patch * s.patch * 3)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        images = views[0]
+        vit, b = self.encoder, images.shape[0]
+        tokens = vit.patch_embed(images) + vit.pos_embed[:, 1:]
+        n = tokens.shape[1]
+        keep = int(n * 0.25)
+        order = torch.rand(b, n, device=images.device).argsort(dim=1)
+        restore = order.argsort(dim=1)
+        visible = torch.gather(tokens, 1, order[:, :keep, None].expand(-1, -1, tokens.shape[2]))
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+        x = vit.norm(vit.blocks(torch.cat([cls, visible], dim=1)))
+        x = self.embed(x)
+        filler = self.mask_token.expand(b, n - keep, -1)
+        patches = torch.cat([x[:, 1:], filler], dim=1)
+        patches = torch.gather(patches, 1, restore[:, :, None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos
+        prediction = self.pred(self.decoder_norm(self.decoder(x)))[:, 1:]
+        target = images.unfold(2, self.patch, self.patch).unfold(3, self.patch, self.patch)
+        target = target.permute(0, 2, 3, 4, 5, 1).reshape(b, n, -1)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+        masked = torch.ones(b, n, device=images.device)
+        masked[:, :keep] = 0
+        masked = torch.gather(masked, 1, restore)
+        per_patch = ((prediction.float() - target) ** 2).mean(-1)
+        return (per_patch * masked).sum() / masked.sum()
+
+
+def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) -> Callable:
+    torch.manual_seed(0)
+    if workload == "simclr_r50":
+        model = PlainSimCLR().to(device).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
+        channels_last = True
+    else:
+        model = PlainMAE(s).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95))
+        channels_last = False
+    forward = torch.compile(model) if compile_ else model
+    views = make_views(workload, s, device, channels_last)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = forward(views)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+# --- measuring --------------------------------------------------------------------------
+
+
+def make_views(workload: str, s: Sizes, device: torch.device, channels_last: bool):
+    count = 2 if workload == "simclr_r50" else 1
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [
+        torch.randn(s.batch, 3, s.image, s.image, device=device).contiguous(memory_format=fmt)
+        for _ in range(count)
+    ]
+
+
+def step_flops(workload: str, s: Sizes) -> float | None:
+    """FLOPs of one step of the plain model (the same computation as selfsup's)."""
+    count = 2 if workload == "simclr_r50" else 1
+
+    def build() -> nn.Module:
+        model = PlainSimCLR() if workload == "simclr_r50" else PlainMAE(s)
+        return LossOutput(model)
+
+    return count_step_flops(
+        build, lambda device: [torch.zeros(s.batch, 3, s.image, s.image, device=device)] * count
+    )
+
+
+class LossOutput(nn.Module):
+    """Gives a plain model's loss the ``.loss`` attribute ``count_step_flops`` reads."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, views):
+        return argparse.Namespace(loss=self.model(views))
+
+
+def time_steps(step: Callable, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per step, after ``warmup`` steps (compilation, allocator, cudnn autotuning)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - started) / max(steps, 1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(images_per_second: float) -> str:
+    return f"{images_per_second:,.0f}" if images_per_second >= 100 else f"{images_per_second:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--batch-size", type=int, help="default 256 (SimCLR), 512 (MAE)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    peak = peak_flops(device)
+    print(f"# {name or device.type}, torch {torch.__version__}, compile={args.compile}")
+    print("| workload | batch | selfsup img/s | plain img/s | ratio | selfsup MFU | plain MFU |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
+        s = sizes(args, workload)
+        flops = step_flops(workload, s)
+        steps = {
+            "selfsup": selfsup_step(workload, s, device, args.compile),
+            "plain": plain_step(workload, s, device, args.compile),
+        }
+        for step in steps.values():
+            time_steps(step, device, args.warmup, 0)
+        # Alternating rounds, median per side: drifts of the machine (clocks,
+        # other load) hit both sides alike.
+        rounds: dict[str, list[float]] = {k: [] for k in steps}
+        for _ in range(args.rounds):
+            for label, step in steps.items():
+                rounds[label].append(time_steps(step, device, 0, args.steps))
+        seconds = {k: statistics.median(v) for k, v in rounds.items()}
+        del steps
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rate = {k: s.batch / v for k, v in seconds.items()}
+        mfu = {
+            k: (f"{100 * flops / v / peak:.1f}%" if flops and peak else "-")
+            for k, v in seconds.items()
+        }
+        print(
+            f"| {workload} | {s.batch} | {_rate(rate['selfsup'])} | {_rate(rate['plain'])} | "
+            f"{rate['selfsup'] / rate['plain']:.2f}x | {mfu['selfsup']} | {mfu['plain']} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
