@@ -284,12 +284,7 @@ def scheduler_position(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[
 
 def check_shards_present(path: Path) -> None:
     """Every tensor file a DCP index refers to exists and is long enough."""
-    try:
-        metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} has no readable DCP index (.metadata): {_first_line(exc)}"
-        ) from exc
+    metadata = read_dcp_metadata(path)
     needed: dict[str, int] = {}
     for info in metadata.storage_data.values():
         end = info.offset + info.length
@@ -311,13 +306,17 @@ def check_shards_present(path: Path) -> None:
 
 def stored_keys(path: Path) -> dict[str, Any]:
     """Flattened key -> tensor metadata (size, dtype) of a DCP checkpoint."""
+    return dict(read_dcp_metadata(path).state_dict_metadata)
+
+
+def read_dcp_metadata(path: Path) -> Any:
+    """The DCP index (``.metadata``) of a checkpoint folder, or a CheckpointError naming it."""
     try:
-        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        return dcp.FileSystemReader(str(path)).read_metadata()
     except Exception as exc:
         raise CheckpointError(
             f"{path} has no readable DCP index (.metadata): {_first_line(exc)}"
         ) from exc
-    return dict(metadata.state_dict_metadata)
 
 
 def check_model_keys(path: Path, model_sd: dict[str, Any], stored: dict[str, Any]) -> None:

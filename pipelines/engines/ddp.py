@@ -12,9 +12,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.pipelines.distributed import init_process_group
 from selfsup.pipelines.engines.base import Engine
+from selfsup.pipelines.engines.collectives import ProcessGroupCollectives
 
 
-class DDPEngine(Engine):
+class DDPEngine(ProcessGroupCollectives, Engine):
     """DDP over NCCL (GPUs) or gloo (CPUs); checkpoints through DCP, reshardable."""
 
     name = "ddp"
@@ -24,21 +25,6 @@ class DDPEngine(Engine):
         self.sync_batchnorm = sync_batchnorm
         self.backend = init_process_group(self.env, self.device)
         self.wrapped: DistributedDataParallel | None = None
-
-    def barrier(self) -> None:
-        dist.barrier()
-
-    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        # NCCL reduces device tensors only; gloo takes CPU tensors.
-        reduced = value.detach().to(self.device if self.backend == "nccl" else "cpu", torch.float64)
-        dist.all_reduce(reduced)
-        return (reduced / self.world_size).to(value.device, value.dtype)
-
-    def any_rank(self, flag: bool) -> bool:
-        device = self.device if self.backend == "nccl" else "cpu"
-        value = torch.tensor([1 if flag else 0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
 
     def setup(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False
@@ -65,7 +51,3 @@ class DDPEngine(Engine):
     def sync_context(self, last: bool) -> contextlib.AbstractContextManager:
         assert self.wrapped is not None, "call setup() first"
         return contextlib.nullcontext() if last else self.wrapped.no_sync()
-
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()

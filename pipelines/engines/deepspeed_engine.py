@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError, DependencyError
 from selfsup.pipelines.distributed import init_process_group
 from selfsup.pipelines.engines.base import Engine
+from selfsup.pipelines.engines.collectives import ProcessGroupCollectives
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -107,7 +107,7 @@ def read_overrides(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"train.deepspeed_config file {path} is not valid JSON: {exc}") from exc
 
 
-class DeepSpeedEngine(Engine):
+class DeepSpeedEngine(ProcessGroupCollectives, Engine):
     """ZeRO stage 1, 2 or 3 over NCCL (GPUs) or gloo (CPUs)."""
 
     name = "deepspeed"
@@ -136,20 +136,6 @@ class DeepSpeedEngine(Engine):
         )
         self.backend = init_process_group(self.env, self.device)
         self.ds_engine: Any = None
-
-    def barrier(self) -> None:
-        dist.barrier()
-
-    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        reduced = value.detach().to(self.device if self.backend == "nccl" else "cpu", torch.float64)
-        dist.all_reduce(reduced)
-        return (reduced / self.world_size).to(value.device, value.dtype)
-
-    def any_rank(self, flag: bool) -> bool:
-        device = self.device if self.backend == "nccl" else "cpu"
-        value = torch.tensor([1 if flag else 0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
 
     def setup(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False
@@ -233,10 +219,6 @@ class DeepSpeedEngine(Engine):
             state = self.ds_engine._zero3_consolidated_16bit_state_dict()  # collective
             return {k: v.float() if v.is_floating_point() else v for k, v in (state or {}).items()}
         return super().full_model_state()
-
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def check_deepspeed_files(path: Path, world_size: int, zero_stage: int) -> None:
