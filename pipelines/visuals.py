@@ -6,8 +6,9 @@
   steps for MAE and SimMIM, the same few images with the same mask each time,
   so the panels show the reconstructions improving.
 
-Drawing the masks uses a generator state of its own, so logging images never
-changes training's random numbers (exact resume holds with images on).
+Drawing the masks uses a generator state of its own and the model runs in eval
+mode (BatchNorm statistics untouched), so logging images never changes
+training (exact resume holds with images on).
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ def log_reconstructions(
 ) -> None:
     """Original, masked and rebuilt panels of ``images`` (every rank computes; main writes)."""
     devices = [images.device] if images.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(MASK_SEED)
-        panels = model.reconstruct(images)
+    # Eval mode: BatchNorm (SimMIM's ResNets) must not fold the preview images
+    # into its running statistics, or logging would change the trained model.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(MASK_SEED)
+            panels = model.reconstruct(images)
+    finally:
+        model.train(was_training)
     named = {"original": images, "masked": panels["masked"], "output": panels["reconstruction"]}
     for name, batch in named.items():
         grid = make_grid(denormalize(batch, mean, std).cpu(), nrow=PREVIEW_IMAGES, padding=2)

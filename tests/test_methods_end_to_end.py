@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,23 @@ def test_mae_on_real_cifar10_lowers_the_loss_and_the_reconstructions_show_it(sha
     assert np.array_equal(original[20], original[60])
     error = {step: float(np.abs(output[step] - original[step]).mean()) for step in output}
     assert error[60] < 0.97 * error[20], error  # measured: about 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["mae_vit_tiny_cifar10", "simmim_resnet18_cifar10"])
+def test_masked_runs_resume_bitwise_with_images_on(recipe, tiny_overrides, tmp_path):
+    """Masks come from the global RNG and image logging draws masks too: neither may shift."""
+    config = str(CONFIGS / f"{recipe}.yaml")
+    overrides = [*tiny_overrides, *SMALL[recipe], "train.image_every=2"]
+    straight = tmp_path / "a"
+    assert main(["train", config, *overrides, f"run_dir={straight}"]) == 0
+    resumed = tmp_path / "b"  # starts from a's step-3 checkpoint, as after a crash
+    shutil.copytree(straight / "checkpoints" / "step_000000003",
+                    resumed / "checkpoints" / "step_000000003")  # fmt: skip
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+    assert main(["train", config, *overrides, f"run_dir={resumed}"]) == 0
+    assert "resuming from checkpoint" in (resumed / "train.log").read_text()
+    a = torch.load(straight / "backbone.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "backbone.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(images(resumed, "reconstruction/output")) == [4, 6]
