@@ -43,6 +43,7 @@ from selfsup.pipelines.engines import Engine
 from selfsup.pipelines.optim import build_optimizer
 from selfsup.pipelines.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.trainer import optimizer_step
+from selfsup.ssl.outputs import StepOutput
 
 WORKLOADS = ("simclr_r50", "mae_vitb16")
 
@@ -206,34 +207,32 @@ def step_flops(workload: str, s: Sizes) -> float | None:
 
     def build() -> nn.Module:
         model = PlainSimCLR() if workload == "simclr_r50" else PlainMAE(s)
-        return LossOutput(model)
+        return AsStepOutput(model)
 
     return count_step_flops(
         build, lambda device: [torch.zeros(s.batch, 3, s.image, s.image, device=device)] * count
     )
 
 
-class LossOutput(nn.Module):
-    """Gives a plain model's loss the ``.loss`` attribute ``count_step_flops`` reads."""
+class AsStepOutput(nn.Module):
+    """Wraps a plain model's loss in the ``StepOutput`` that ``count_step_flops`` reads."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, views):
-        return argparse.Namespace(loss=self.model(views))
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        return StepOutput(loss=self.model(views))
 
 
-def time_steps(step: Callable, device: torch.device, warmup: int, steps: int) -> float:
-    """Seconds per step, after ``warmup`` steps (compilation, allocator, cudnn autotuning)."""
-    for _ in range(warmup):
-        step()
+def time_steps(step: Callable, device: torch.device, steps: int) -> float:
+    """Seconds per step over ``steps`` steps, waiting for the device at both ends."""
     sync(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    return (time.perf_counter() - started) / max(steps, 1)
+    return (time.perf_counter() - started) / steps
 
 
 def sync(device: torch.device) -> None:
@@ -273,14 +272,15 @@ def main() -> None:
             "selfsup": selfsup_step(workload, s, device, args.compile),
             "plain": plain_step(workload, s, device, args.compile),
         }
-        for step in steps.values():
-            time_steps(step, device, args.warmup, 0)
+        for step in steps.values():  # compilation, allocator, cudnn autotuning
+            for _ in range(args.warmup):
+                step()
         # Alternating rounds, median per side: drifts of the machine (clocks,
         # other load) hit both sides alike.
         rounds: dict[str, list[float]] = {k: [] for k in steps}
         for _ in range(args.rounds):
             for label, step in steps.items():
-                rounds[label].append(time_steps(step, device, 0, args.steps))
+                rounds[label].append(time_steps(step, device, args.steps))
         seconds = {k: statistics.median(v) for k, v in rounds.items()}
         del steps
         if device.type == "cuda":

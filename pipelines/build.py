@@ -46,7 +46,6 @@ def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
         }
     elif method.name == "mae":
         options = {
-            "mask_ratio": method.mask_ratio if method.mask_ratio is not None else 0.75,
             "decoder_dim": method.decoder_dim,
             "decoder_depth": method.decoder_depth,
             "decoder_heads": method.decoder_heads,
@@ -55,11 +54,12 @@ def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
     elif method.name == "simmim":
         options = {
             "image_size": config.data.image_size,
-            "mask_ratio": method.mask_ratio if method.mask_ratio is not None else 0.6,
             "mask_patch_size": method.mask_patch_size,
         }
     else:  # pragma: no cover - CHOICES validation keeps this unreachable
         raise ConfigError(f"unknown method '{method.name}'")
+    if method.mask_ratio is not None:  # unset: each method's own default (MAE 0.75, SimMIM 0.6)
+        options["mask_ratio"] = method.mask_ratio
     return build_method(method.name, backbone, **options)
 
 

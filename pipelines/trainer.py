@@ -222,25 +222,25 @@ def _train(
         )
         last_saved = state.step
 
+    def augmented(step: int, micro_batches: list[ViewBatch]) -> Iterator[list[torch.Tensor]]:
+        """Each micro-batch on the device and augmented, just before its forward pass."""
+        nonlocal preview
+        for i, batch in enumerate(micro_batches):
+            views = [v.to(engine.device, non_blocking=True) for v in batch.views]
+            views = augment(views, seed=derive_seed(seed, engine.rank, step, i))
+            if step == first_step and i == 0:
+                grid = augmentation_grid(views, data.mean, data.std)
+                monitor.add_image("train/augmentations", grid, step)
+                preview = views[0][:8].clone()
+            yield views
+
     try:
         steps = optimizer_steps(loader, accum, state.step, steps_per_epoch)
         while state.step < total_steps:
             step, micro_batches = next(steps)
             assert step == state.step
             lr = optimizer.param_groups[0]["lr"]
-
-            def augmented(step: int = step, micro_batches: list[ViewBatch] = micro_batches):
-                nonlocal preview
-                for i, batch in enumerate(micro_batches):
-                    views = [v.to(engine.device, non_blocking=True) for v in batch.views]
-                    views = augment(views, seed=derive_seed(seed, engine.rank, step, i))
-                    if step == first_step and i == 0:
-                        grid = augmentation_grid(views, data.mean, data.std)
-                        monitor.add_image("train/augmentations", grid, step)
-                        preview = views[0][:8].clone()
-                    yield views
-
-            for output in optimizer_step(engine, model, augmented(), accum):
+            for output in optimizer_step(engine, model, augmented(step, micro_batches), accum):
                 monitor.record(output.loss, output.metrics)
             scheduler.step()
             state.step += 1

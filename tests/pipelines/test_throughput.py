@@ -3,6 +3,7 @@ import torchvision
 
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.throughput import PEAK_BF16_TFLOPS, Throughput, count_step_flops, peak_flops
+from selfsup.ssl.outputs import StepOutput
 
 
 def resnet18_training_flops(batch: int) -> float:
@@ -20,12 +21,7 @@ class _SimpleStep(torch.nn.Module):
         self.net = net
 
     def forward(self, views):
-        class Output:
-            pass
-
-        output = Output()
-        output.loss = self.net(views[0]).float().pow(2).mean()
-        return output
+        return StepOutput(loss=self.net(views[0]).float().pow(2).mean())
 
 
 def test_forward_flops_match_torchvisions_published_count():
