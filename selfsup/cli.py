@@ -452,6 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`selfsup checkpoint inspect RUN | head`): not an error.
+        # Point stdout at devnull so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RuntimeError as exc:
         # A DataLoader worker re-raises our errors as their own type; keep them one line.
         if "Original Traceback" in str(exc) and "selfsup.errors." in str(exc):

@@ -216,3 +216,15 @@ def test_without_deepspeed_engine_deepspeed_is_one_clear_line(tiny_overrides):
         in result.stderr
     )
     assert "pip install -e .[deepspeed]" in result.stderr
+
+
+def test_output_to_a_closed_pipe_is_not_a_traceback():
+    # `selfsup config keys | head -1`: the reader leaves before selfsup writes.
+    exe = Path(sys.executable).with_name("selfsup")
+    process = subprocess.Popen(
+        [str(exe), "config", "keys"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
