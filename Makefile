@@ -40,6 +40,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	scripts/typecheck.sh
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

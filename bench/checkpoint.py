@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from selfsup.pipelines.build import build_model
-from selfsup.pipelines.checkpoint import CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.config import load_config
-from selfsup.pipelines.engines import Engine
-from selfsup.pipelines.optim import build_optimizer, build_scheduler
+from selfsup.pipelines.runtime.engines import Engine
+from selfsup.pipelines.train.build import build_model
+from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
 
 
 def setup(device: torch.device):
@@ -66,13 +66,16 @@ def bench(args) -> dict[str, float]:
     sizes = {}
     try:
         for i in range(args.repeat):
-            manager = CheckpointManager(root / f"dcp{i}", keep_last=1)
+            manager = CheckpointManager(
+                root / f"dcp{i}", engine, scheduler, TrainState(step=1), Cadence(keep_last=1)
+            )
             started = time.perf_counter()
-            path = manager.save(engine, scheduler, TrainState(step=1, epoch=0))
+            path = manager.save(1, force=True)
+            assert path is not None
             times["dcp_save"].append(time.perf_counter() - started)
             sizes["dcp"] = folder_bytes(path)
             started = time.perf_counter()
-            manager.load(path, engine, scheduler)
+            manager.load(path)
             times["dcp_load"].append(time.perf_counter() - started)
 
             file = root / f"plain{i}.pt"

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from selfsup.pipelines.augment import BatchAugment
 from selfsup.pipelines.config import AugmentConfig
-from selfsup.pipelines.data_sources import open_dataset
+from selfsup.pipelines.data.augment import BatchAugment
+from selfsup.pipelines.data.loaders import ViewSpec
+from selfsup.pipelines.data.sources import open_dataset
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -57,14 +58,22 @@ def lightly_torchvision(args) -> Iterator[list[torch.Tensor]]:
             yield [v.to(args.device, non_blocking=True) for v in views]
 
 
+def view_spec(args) -> ViewSpec:
+    """selfsup's batch contract for both loaders: two 0.08-1 crops per image."""
+    return ViewSpec(
+        image_size=args.image_size, crop_scale=(0.08, 1.0), num_views=2,
+        batch_size=args.batch_size, num_workers=args.workers, seed=0,
+    )  # fmt: skip
+
+
 def selfsup_torchvision(args) -> Iterator[list[torch.Tensor]]:
-    from selfsup.pipelines.loaders import TorchvisionTrainLoader
+    from selfsup.pipelines.data.loaders import TorchvisionTrainLoader
 
     loader = TorchvisionTrainLoader(
-        open_dataset("imagefolder", "train", args.data), image_size=args.image_size,
-        crop_scale=(0.08, 1.0), num_views=2, batch_size=args.batch_size,
-        num_workers=args.workers, seed=0, pin_memory=args.device.type == "cuda",
-    )  # fmt: skip
+        open_dataset("imagefolder", "train", args.data),
+        view_spec(args),
+        pin_memory=args.device.type == "cuda",
+    )
     augment = BatchAugment(AugmentConfig(), args.image_size, MEAN, STD).to(args.device)
     step = 0
     for epoch in range(10**6):
@@ -116,12 +125,9 @@ def plain_ffcv(args) -> Iterator[list[torch.Tensor]]:
 
 
 def selfsup_ffcv(args) -> Iterator[list[torch.Tensor]]:
-    from selfsup.pipelines.ffcv_loader import FFCVTrainLoader
+    from selfsup.pipelines.data.ffcv_loader import FFCVTrainLoader
 
-    loader = FFCVTrainLoader(
-        args.beton, image_size=args.image_size, crop_scale=(0.08, 1.0), num_views=2,
-        batch_size=args.batch_size, num_workers=args.workers, seed=0, device=args.device,
-    )  # fmt: skip
+    loader = FFCVTrainLoader(args.beton, view_spec(args), device=args.device)
     augment = BatchAugment(AugmentConfig(), args.image_size, MEAN, STD).to(args.device)
     step = 0
     for epoch in range(10**6):
@@ -154,7 +160,7 @@ def measure(make: Callable, args) -> float:
 
 
 def ensure_beton(args) -> str:
-    from selfsup.pipelines.beton import WriteOptions, write_beton
+    from selfsup.pipelines.data.beton import WriteOptions, write_beton
 
     path = Path(args.cache) / f"{Path(args.data).name}_train_{args.max_resolution}.beton"
     if not path.is_file():

@@ -14,7 +14,7 @@ them. ``plain`` is the same computation written directly with torchvision /
 timm modules and torch optimisers, no selfsup code. Both use bf16 autocast
 and, with ``--compile``, ``torch.compile`` on the model. FLOPs per step are
 counted once with ``torch.utils.flop_counter`` (selfsup's ``count_step_flops``)
-and MFU is against the device's dense bf16 peak (``pipelines/throughput.py``).
+and MFU is against the device's dense bf16 peak (``pipelines/train/throughput.py``).
 
     python bench/train_step.py                          # both workloads, GPU when present
     python bench/train_step.py --compile
@@ -37,12 +37,12 @@ import torchvision
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from selfsup.pipelines.build import build_model
 from selfsup.pipelines.config import load_config
-from selfsup.pipelines.engines import Engine
-from selfsup.pipelines.optim import build_optimizer
-from selfsup.pipelines.throughput import count_step_flops, peak_flops
-from selfsup.pipelines.trainer import optimizer_step
+from selfsup.pipelines.runtime.engines import Engine
+from selfsup.pipelines.train.build import build_model
+from selfsup.pipelines.train.optim import build_optimizer
+from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
+from selfsup.pipelines.train.trainer import optimizer_step
 from selfsup.ssl.outputs import StepOutput
 
 WORKLOADS = ("simclr_r50", "mae_vitb16")

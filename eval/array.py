@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from selfsup.atomic import write_atomic
 from selfsup.eval.probe import probe
 from selfsup.pipelines.config import ProbeConfig
 
@@ -76,7 +77,7 @@ def write_eval_report(rows: list[dict[str, Any]], failures: list[str], out_dir: 
         "results": rows,
         "failures": failures,
     }
-    (out_dir / REPORT_JSON).write_text(json.dumps(payload, indent=1))
+    write_atomic(out_dir / REPORT_JSON, json.dumps(payload, indent=1))
     lines = [
         "# selfsup evaluation sweep",
         "",
@@ -97,5 +98,5 @@ def write_eval_report(rows: list[dict[str, Any]], failures: list[str], out_dir: 
         lines += ["", "## Failed tasks", "", *[f"- {f}" for f in failures]]
     lines += ["", "Bold: the best linear-probe learning rate for that checkpoint and dataset.", ""]
     path = out_dir / REPORT_MD
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from selfsup.pipelines.augment import Normalize
+from selfsup.pipelines.data.normalize import Normalize
 
 
 @torch.no_grad()

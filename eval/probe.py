@@ -19,15 +19,21 @@ import torch
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import train_linear_classifier
-from selfsup.pipelines.build import build_model, choose_loader
-from selfsup.pipelines.config import ProbeConfig, load_saved_config
-from selfsup.pipelines.data_sources import dataset_info, open_dataset
-from selfsup.pipelines.datasets import subset_indices, take_subset
-from selfsup.pipelines.engines import PRECISIONS, resolve_device
-from selfsup.pipelines.loaders import eval_loader
-from selfsup.pipelines.run_dir import CONFIG_FILE
-from selfsup.pipelines.seeding import seed_everything
-from selfsup.pipelines.weights import BackboneInfo, load_backbone
+from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, find_run_dir
+from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
+from selfsup.pipelines.config import (
+    ProbeConfig,
+    RunConfig,
+    load_saved_config,
+    with_section_overrides,
+)
+from selfsup.pipelines.data.datasets import subset_indices, take_subset
+from selfsup.pipelines.data.loaders import eval_loader
+from selfsup.pipelines.data.sources import dataset_info, open_dataset
+from selfsup.pipelines.data.train_loader import choose_loader
+from selfsup.pipelines.runtime.engines import PRECISIONS, resolve_device
+from selfsup.pipelines.runtime.seeding import seed_everything
+from selfsup.pipelines.train.build import build_model
 from selfsup.ssl.backbones import Backbone
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,13 @@ def probe(path: str | Path, settings: ProbeConfig, device: str = "auto") -> Prob
     for name in settings.datasets:
         outcome.results.append(_probe_dataset(name, backbones, info, settings, torch_device))
     return outcome
+
+
+def probe_config_for(path: Path, overrides: list[str]) -> ProbeConfig:
+    """Probe settings: the run's ``probe`` section (defaults without a run) plus overrides."""
+    run_dir = find_run_dir(path)
+    config = load_saved_config(run_dir / CONFIG_FILE) if run_dir else RunConfig()
+    return with_section_overrides(config, "probe", overrides).probe
 
 
 def initial_backbone(info: BackboneInfo) -> Backbone:
@@ -148,8 +161,8 @@ def _eval_batches(
     beton = settings.betons.get(f"{name}_{split}")
     key = f"probe.betons.{name}_{split}"
     if choose_loader(settings.loader, beton, "probe.loader", key) == "ffcv":
-        from selfsup.pipelines.beton import open_beton
-        from selfsup.pipelines.ffcv_loader import ffcv_eval_loader
+        from selfsup.pipelines.data.beton import open_beton
+        from selfsup.pipelines.data.ffcv_loader import ffcv_eval_loader
 
         assert beton is not None
         total = int(open_beton(beton).num_samples)

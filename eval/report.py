@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from selfsup.atomic import write_atomic
 from selfsup.eval.probe import ProbeOutcome
+from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, SUMMARY_FILE, TB_DIR
 from selfsup.pipelines.config import load_saved_config
-from selfsup.pipelines.monitor import TB_DIR
-from selfsup.pipelines.run_dir import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def write_report(outcome: ProbeOutcome, out_dir: Path) -> dict[str, Any]:
     if run and run["loss_curve"]:
         title = f"{run['method']} / {run['backbone']} on {run['dataset']}"
         plot_loss(run["loss_curve"], out_dir / LOSS_PNG, title)
-    _write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
-    _write_atomic(
+    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
+    write_atomic(
         out_dir / REPORT_MD, render_markdown(report, has_plot=(out_dir / LOSS_PNG).is_file())
     )
     if outcome.info.run_dir is not None:
@@ -234,9 +234,3 @@ def comparison(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             )
         rows.append(row)
     return header, rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

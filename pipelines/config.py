@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,19 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from selfsup.errors import ConfigError, did_you_mean
+from selfsup.atomic import write_atomic
+from selfsup.errors import ConfigError, did_you_mean, one_line
+from selfsup.pipelines.data.ffcv_loader import ORDERS as FFCV_ORDERS
+from selfsup.pipelines.data.sources import DATASETS
+from selfsup.pipelines.data.train_loader import LOADERS
+from selfsup.pipelines.runtime.engines import ENGINES
+from selfsup.pipelines.runtime.engines.base import DEVICES, EVAL_PRECISIONS, PRECISIONS
+from selfsup.pipelines.train.optim import OPTIMIZERS
+from selfsup.registry import UnknownName
+from selfsup.ssl.arguments import ArgumentError
+from selfsup.ssl.backbones import SOURCES, VIT_POOLS
+from selfsup.ssl.method import METHODS, BuildContext, MethodConfig
+from selfsup.ssl.methods import default_method_config
 
 BASE_KEY = "_base_"
 
@@ -74,22 +88,6 @@ class ModelConfig:
     patch_size: int | None = None  # ViTs: None -> 16 from 128 px up, else 4
     pool: str = "token"  # ViTs: features from the class token, or avg of the patch tokens
     channels_last: bool = True
-
-
-@dataclass
-class MethodConfig:
-    """Self-supervised objective."""
-
-    name: str = "simclr"  # simclr | mae (ViTs) | simmim (ResNets)
-    temperature: float = 0.5  # simclr: NT-Xent temperature
-    proj_hidden_dim: int | None = None  # simclr: None -> the backbone's feature dimension
-    proj_output_dim: int = 128  # simclr
-    mask_ratio: float | None = None  # mae/simmim: share of patches hidden (None: 0.75 / 0.6)
-    mask_patch_size: int | None = None  # simmim: masked square side (None: image_size / 8)
-    decoder_dim: int = 512  # mae
-    decoder_depth: int = 8  # mae
-    decoder_heads: int = 16  # mae
-    norm_pix_loss: bool = True  # mae: predict per-patch normalised pixels
 
 
 @dataclass
@@ -169,7 +167,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # The chosen method's own dataclass (selfsup.ssl.method): its fields are
+    # the valid ``method.*`` keys, so the schema follows ``method.name``.
+    method: MethodConfig = field(default_factory=lambda: default_method_config(DEFAULT_METHOD))
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -179,21 +179,68 @@ class RunConfig:
         return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
 
 
-# Values with a fixed set of choices, checked after every merge.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("cifar10", "fashion_mnist", "imagenette", "imagefolder"),
-    "data.loader": ("torchvision", "ffcv", "auto"),
-    "data.ffcv_order": ("random", "quasi_random"),
-    "probe.loader": ("torchvision", "ffcv", "auto"),
-    "model.source": ("auto", "torchvision", "timm"),
-    "model.pool": ("token", "avg"),
-    "method.name": ("simclr", "mae", "simmim"),
-    "optim.name": ("sgd", "lars", "adamw"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.engine": ("single", "ddp", "deepspeed"),
-    "probe.precision": ("fp32", "bf16"),
+DEFAULT_METHOD = "simclr"
+
+# Arguments that ssl's errors name, and the config keys they come from.
+ARGUMENT_KEYS = {
+    "image_size": "data.image_size",
+    "num_views": "augment.num_views",
+    "backbone": "model.backbone",
+    "source": "model.source",
+    "patch_size": "model.patch_size",
+    "pool": "model.pool",
+    "method": "method.name",
 }
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Keys with a fixed set of values, each read from the registry that owns it."""
+    loaders = (*LOADERS.names(), "auto")
+    return {
+        "data.dataset": DATASETS.names(),
+        "data.loader": loaders,
+        "data.ffcv_order": FFCV_ORDERS,
+        "probe.loader": loaders,
+        "model.source": SOURCES,
+        "model.pool": VIT_POOLS,
+        "method.name": METHODS.names(),
+        "optim.name": OPTIMIZERS.names(),
+        "train.precision": tuple(PRECISIONS),
+        "train.device": DEVICES,
+        "train.engine": ENGINES.names(),
+        "probe.precision": EVAL_PRECISIONS,
+    }
+
+
+@contextmanager
+def config_keys_in_errors(method: MethodConfig | None = None) -> Iterator[None]:
+    """Turn ssl's errors (which name its arguments) into ConfigErrors naming config keys."""
+    try:
+        yield
+    except UnknownName as exc:
+        raise ConfigError(str(exc)) from exc
+    except ArgumentError as exc:
+        message = str(exc)
+        method_fields = {f.name for f in dataclasses.fields(method)} if method else set()
+        for argument in exc.arguments:
+            key = f"method.{argument}" if argument in method_fields else ARGUMENT_KEYS[argument]
+            if message.startswith(f"{argument} "):
+                message = f"config key '{key}' " + message[len(argument) + 1 :]
+            message = re.sub(rf"(?<![\w.']){re.escape(argument)}(?==)", key, message)
+        raise ConfigError(message) from exc
+
+
+def _method_config(name: Any) -> MethodConfig:
+    try:
+        return default_method_config(str(name))
+    except UnknownName as exc:
+        raise ConfigError(
+            f"config key 'method.name' is '{name}'{did_you_mean(str(name), exc.choices)}; "
+            f"valid values: {', '.join(exc.choices)}"
+        ) from None
+
+
+Layer = tuple[DictConfig, str]  # parsed YAML or overrides, and where they came from
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -202,34 +249,48 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Raises :class:`ConfigError` naming the key and the closest valid one for an
     unknown key, a wrong type, or a value outside its choices.
     """
-    merged: DictConfig = OmegaConf.structured(RunConfig)
+    layers: list[Layer] = []
     if path is not None:
-        merged = _merge(merged, _read_recipe(Path(path)), source=str(path))
+        layers.append((_read_recipe(Path(path)), str(path)))
     if overrides:
-        merged = _merge(merged, _parse_overrides(overrides), source="command line")
-    config = OmegaConf.to_object(merged)
-    assert isinstance(config, RunConfig)
-    validate(config)
-    return config
+        layers.append((_parse_overrides(overrides), "command line"))
+    return _build(layers)
 
 
 def with_section_overrides(config: RunConfig, section: str, overrides: Sequence[str]) -> RunConfig:
     """Apply overrides to one section; keys may omit the section prefix (``epochs=50``)."""
     prefixed = [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides]
-    merged = _merge(OmegaConf.structured(config), _parse_overrides(prefixed), "command line")
-    result = OmegaConf.to_object(merged)
-    assert isinstance(result, RunConfig)
-    validate(result)
-    return result
+    return _build([(_parse_overrides(prefixed), "command line")], base=config)
 
 
 def config_from_dict(values: dict[str, Any], source: str = "saved config") -> RunConfig:
     """Rebuild a :class:`RunConfig` from a plain dict (for example a run's ``config.yaml``)."""
-    merged = _merge(OmegaConf.structured(RunConfig), OmegaConf.create(values), source=source)
+    return _build([(OmegaConf.create(values), source)])
+
+
+def _build(layers: Sequence[Layer], base: RunConfig | None = None) -> RunConfig:
+    """Merge ``layers`` over ``base`` against the schema of the method they choose."""
+    base = base or RunConfig()
+    name = _chosen_method(layers, base.method.name)
+    if name != base.method.name:
+        base = dataclasses.replace(base, method=_method_config(name))
+    merged: DictConfig = OmegaConf.structured(base)
+    for layer, source in layers:
+        merged = _merge(merged, layer, source)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, RunConfig)
     validate(config)
     return config
+
+
+def _chosen_method(layers: Sequence[Layer], default: Any) -> Any:
+    """The last ``method.name`` the layers set (the schema of ``method.*`` depends on it)."""
+    name: Any = default
+    for layer, _ in layers:
+        section = layer.get("method") if isinstance(layer, DictConfig) else None
+        if isinstance(section, DictConfig) and "name" in section:
+            name = section["name"]
+    return name
 
 
 def to_yaml(config: RunConfig) -> str:
@@ -242,9 +303,7 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def save_config(config: RunConfig, path: Path) -> None:
     """Write the resolved config atomically (a crash never leaves half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(config))
-    tmp.replace(path)
+    write_atomic(path, to_yaml(config))
 
 
 def load_saved_config(path: Path) -> RunConfig:
@@ -254,16 +313,25 @@ def load_saved_config(path: Path) -> RunConfig:
     return config_from_dict(_load_yaml(path), source=str(path))
 
 
-def valid_keys(node: Any = RunConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema, for suggestions and docs."""
+def valid_keys(config: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of a config's schema (the default config's when None)."""
+    node = RunConfig() if config is None else config
     keys: list[str] = []
     for f in dataclasses.fields(node):
         key = f"{prefix}{f.name}"
         keys.append(key)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            keys.extend(valid_keys(type(default), prefix=f"{key}."))
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(valid_keys(value, prefix=f"{key}."))
     return keys
+
+
+def method_keys() -> dict[str, list[str]]:
+    """``method.*`` keys of every registered method, by method name."""
+    return {
+        name: [f"method.{f.name}" for f in dataclasses.fields(_method_config(name))]
+        for name in METHODS.names()
+    }
 
 
 def closest_key(key: str, candidates: Iterable[str]) -> str | None:
@@ -280,13 +348,13 @@ def closest_key(key: str, candidates: Iterable[str]) -> str | None:
 
 def validate(config: RunConfig) -> None:
     """Semantic checks the type system cannot express."""
-    for key, choices in CHOICES.items():
+    for key, allowed in choices().items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value not in choices:
+        if value not in allowed:
             raise ConfigError(
-                f"config key '{key}' is '{value}'{did_you_mean(str(value), choices)}; "
-                f"valid values: {', '.join(choices)}"
+                f"config key '{key}' is '{value}'{did_you_mean(str(value), allowed)}; "
+                f"valid values: {', '.join(allowed)}"
             )
     positive = {
         "data.image_size": config.data.image_size,
@@ -330,7 +398,7 @@ def validate(config: RunConfig) -> None:
         section, name = key.split(".")
         if len(getattr(getattr(config, section), name)) != 3:
             raise ConfigError(f"config key '{key}' needs 3 values (one per RGB channel)")
-    known_datasets = CHOICES["data.dataset"]
+    known_datasets = DATASETS.names()
     for name in config.probe.datasets:
         betons = {f"{name}_train", f"{name}_test"} <= set(config.probe.betons)
         located = bool(config.probe.data_path) or betons
@@ -340,13 +408,9 @@ def validate(config: RunConfig) -> None:
                 f"{', '.join(d for d in known_datasets if d != 'imagefolder')} "
                 "(imagefolder needs probe.data_path or probe.betons)"
             )
-    ratio = config.method.mask_ratio
-    if ratio is not None and not 0 < ratio < 1:
-        raise ConfigError(
-            f"config key 'method.mask_ratio' must be strictly between 0 and 1, got {ratio}"
-        )
-    if config.augment.num_views < 2 and config.method.name == "simclr":
-        raise ConfigError("config key 'augment.num_views' must be >= 2 for SimCLR")
+    context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
+    with config_keys_in_errors(config.method):
+        config.method.check(context)
 
 
 def _pair(values: list[float], key: str) -> tuple[float, float]:
@@ -366,7 +430,12 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return recipe
     base_cfg = _read_recipe(path.parent / str(base), (*seen, path))
-    return OmegaConf.merge(base_cfg, recipe)  # type: ignore[return-value]
+    if _chosen_method([(recipe, "")], None) not in (None, _chosen_method([(base_cfg, "")], None)):
+        # Another method than the base's: the base's method options do not apply.
+        base_cfg.pop("method", None)
+    merged = OmegaConf.merge(base_cfg, recipe)
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -375,8 +444,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError and friends, reported as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config file {path} is not valid YAML: {first}") from exc
+        raise ConfigError(f"config file {path} is not valid YAML: {one_line(exc)}") from exc
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not a list")
     container = OmegaConf.to_container(loaded, resolve=False)
@@ -401,16 +469,24 @@ def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
         merged = OmegaConf.merge(base, update)
     except (ConfigKeyError, ConfigAttributeError) as exc:
         key = exc.full_key or str(exc.key)
-        hint = closest_key(key, valid_keys())
+        owners = [name for name, keys in method_keys().items() if key in keys]
+        if owners:  # an option of another method than the chosen one
+            chosen = base.method.name
+            options = ", ".join(k for k in _dict_keys(base) if k.startswith("method."))
+            raise ConfigError(
+                f"config key '{key}' (from {source}) is an option of method "
+                f"{' and '.join(owners)}, not of method.name={chosen} (its keys: {options})"
+            ) from exc
+        hint = closest_key(key, _dict_keys(base))
         suggestion = f"; did you mean '{hint}'?" if hint else ""
         raise ConfigError(f"unknown config key '{key}' (from {source}){suggestion}") from exc
     except ValidationError as exc:
         if not exc.full_key:  # a whole section replaced by a scalar, e.g. ``data=3``
-            raise ConfigError(f"cannot apply {source}: {_first_line(exc.msg)}") from exc
-        expected = _expected_type(exc.full_key)
+            raise ConfigError(f"cannot apply {source}: {one_line(exc)}") from exc
+        expected = _expected_type(exc.full_key, base)
         if expected is None or not hasattr(exc, "value"):
             raise ConfigError(
-                f"config key '{exc.full_key}' (from {source}): {_first_line(exc.msg)}"
+                f"config key '{exc.full_key}' (from {source}): {one_line(exc)}"
             ) from exc
         raise ConfigError(
             f"config key '{exc.full_key}' expects {expected}, got {exc.value!r} (from {source})"
@@ -419,18 +495,27 @@ def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
     return merged
 
 
-def _expected_type(full_key: str) -> str | None:
-    node: Any = RunConfig
+def _dict_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key in map(str, node):
+        keys.append(f"{prefix}{key}")
+        child = node._get_node(key)  # the node itself: never resolves or converts the value
+        if isinstance(child, DictConfig):
+            keys.extend(_dict_keys(child, f"{prefix}{key}."))
+    return keys
+
+
+def _expected_type(full_key: str, schema: DictConfig) -> str | None:
+    node: Any = OmegaConf.to_object(schema)
+    field_type: Any = None
     for part in full_key.split("."):
         if not dataclasses.is_dataclass(node):
             return None
-        hints = {f.name: f for f in dataclasses.fields(node)}
-        if part not in hints:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
             return None
-        f = hints[part]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        node = type(default) if dataclasses.is_dataclass(default) else f.type
-    name = str(node).replace("typing.", "")
+        field_type, node = fields[part].type, getattr(node, part)
+    name = str(field_type).replace("typing.", "")
     return _TYPE_WORDS.get(name, name)
 
 
@@ -445,7 +530,3 @@ _TYPE_WORDS = {
     "list[float]": "a list of numbers",
     "list[str]": "a list of strings",
 }
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "invalid value"

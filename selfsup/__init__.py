@@ -2,15 +2,16 @@
 
 Sub-packages (one job each, dependencies flow one way):
 
-- ``selfsup.ssl``: models, methods and losses (pure torch, no data or I/O).
-- ``selfsup.pipelines``: configs, data, engines, checkpoints, the trainer.
+- ``selfsup.ssl``: backbones and methods (SimCLR, MAE, SimMIM) around
+  lightly's losses and modules; no data, configs or I/O.
+- ``selfsup.pipelines``: config, data, runtime (engines), checkpoints, training.
 - ``selfsup.slurm``: cluster jobs through submitit.
-- ``selfsup.eval``: linear probe, kNN, fine-tuning and reports.
+- ``selfsup.eval``: linear probe, kNN and reports.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from selfsup.paths import checkout_root
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,6 @@ __version__ = "0.1.0"
 # ``import ssl`` from the repository root still finds the standard library),
 # so the checkout root is added to the search path here. An installed wheel
 # holds the folders inside this package and never takes this branch.
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = checkout_root()
 if (_CHECKOUT / "ssl").is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
-    __path__.append(str(_CHECKOUT))  # type: ignore[name-defined]
+    __path__.append(str(_CHECKOUT))

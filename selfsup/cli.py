@@ -8,11 +8,11 @@ them (and torch) only inside the sub-command that needs them, so
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from selfsup import __version__
 
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_commands.add_parser("inspect", help="summarise a .beton")
     inspect.add_argument("beton")
     inspect.set_defaults(func=cmd_data_inspect)
-    data.set_defaults(func=lambda args: data.print_help() or 0)
+    data.set_defaults(func=lambda args: _print_help(data))
 
     checkpoint = commands.add_parser("checkpoint", help="inspect and export checkpoints")
     checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="ACTION")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
     export.add_argument("out", help="output file, e.g. backbone.pt")
     export.set_defaults(func=cmd_checkpoint_export)
-    checkpoint.set_defaults(func=lambda args: checkpoint.print_help() or 0)
+    checkpoint.set_defaults(func=lambda args: _print_help(checkpoint))
 
     submit = commands.add_parser(
         "submit",
@@ -167,13 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     keys = config_commands.add_parser("keys", help="list every config key")
     keys.set_defaults(func=cmd_config_keys)
-    config.set_defaults(func=lambda args: config.print_help() or 0)
+    config.set_defaults(func=lambda args: _print_help(config))
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from selfsup.logs import process_rank
     from selfsup.pipelines.config import load_config
-    from selfsup.pipelines.trainer import train
+    from selfsup.pipelines.train.trainer import train
 
     overrides = list(args.overrides)
     if args.data:
@@ -181,15 +182,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(load_config(args.config, overrides))
     if result.stopped_by:
         return EXIT_INTERRUPTED
-    if _process_rank() == 0:
+    if process_rank() == 0:
         print(f"run directory: {result.run_dir}")
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from selfsup.eval.probe import probe
+    from selfsup.eval.probe import probe, probe_config_for
     from selfsup.eval.report import write_report
-    from selfsup.pipelines.run_dir import probe_config_for
 
     overrides = list(args.overrides)
     if args.data:
@@ -217,9 +217,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_write(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.beton import WriteOptions, write_beton
-    from selfsup.pipelines.data_sources import detect_dataset, open_dataset
-    from selfsup.pipelines.datasets import take_subset
+    from selfsup.pipelines.data.beton import WriteOptions, write_beton
+    from selfsup.pipelines.data.datasets import take_subset
+    from selfsup.pipelines.data.sources import detect_dataset, open_dataset
 
     name = detect_dataset(args.source) if args.dataset == "auto" else args.dataset
     dataset = take_subset(open_dataset(name, args.split, args.source), args.limit)
@@ -236,7 +236,7 @@ def cmd_data_write(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.beton import verify_beton
+    from selfsup.pipelines.data.beton import verify_beton
 
     path = Path(args.beton)
     contents = verify_beton(path)
@@ -249,14 +249,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.checkpoint_tools import inspect_checkpoint
+    from selfsup.pipelines.checkpoint.tools import inspect_checkpoint
 
     print("\n".join(inspect_checkpoint(args.path).lines()))
     return 0
 
 
 def cmd_checkpoint_export(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.checkpoint_tools import export_backbone
+    from selfsup.pipelines.checkpoint.tools import export_backbone
 
     info = export_backbone(args.path, args.out)
     print(
@@ -267,32 +267,22 @@ def cmd_checkpoint_export(args: argparse.Namespace) -> int:
 
 
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    from selfsup.slurm.cluster import cli_options  # dataclasses only: --help stays fast
+
     group = parser.add_argument_group("cluster (override the profile)")
     group.add_argument("--cluster", help="profile: a name in configs/cluster/ or a YAML path")
-    group.add_argument("--partition")
-    group.add_argument("--nodes", type=int)
-    group.add_argument("--gpus-per-node", type=int)
-    group.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
-    group.add_argument("--cpus-per-task", type=int)
-    group.add_argument("--mem-gb", type=float, help="per node")
-    group.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="time limit")
-    group.add_argument("--account")
-    group.add_argument("--qos")
-    group.add_argument("--constraint")
-    group.add_argument("--exclude", help="nodes to avoid")
-    group.add_argument("--signal-delay", type=int, dest="signal_delay_s", metavar="S",
-                       help="seconds between the preemption warning and the kill")  # fmt: skip
-    group.add_argument("--max-requeues", type=int)
+    for option in cli_options():
+        group.add_argument(
+            option.flag, dest=option.dest, type=option.type, help=option.help,
+            metavar=option.metavar,
+        )  # fmt: skip
 
 
 def _cluster_profile(args: argparse.Namespace):
+    from selfsup.slurm.cluster import overrides_from
     from selfsup.slurm.profiles import load_profile
 
-    fields = (
-        "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
-        "time_min", "account", "qos", "constraint", "exclude", "signal_delay_s", "max_requeues",
-    )  # fmt: skip
-    return load_profile(args.cluster, {name: getattr(args, name) for name in fields})
+    return load_profile(args.cluster, overrides_from(args))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -327,8 +317,8 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
     import time
 
     from selfsup.eval.array import run_probe_task, sweep, write_eval_report
-    from selfsup.pipelines.run_dir import probe_config_for
-    from selfsup.slurm.submit import submit_array, wait_for
+    from selfsup.eval.probe import probe_config_for
+    from selfsup.slurm.submit import submit_array, wait_for_all
 
     settings = probe_config_for(Path(args.paths[0]), list(args.set))
     datasets = [d for d in args.datasets.split(",") if d]
@@ -348,17 +338,8 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
         f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {out}",
         flush=True,
     )
-    rows, failures = [], []
-    deadline = None if args.wait_min is None else time.monotonic() + 60 * args.wait_min
-    for task, job in zip(tasks, jobs, strict=True):
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        outcome = wait_for(job, timeout_s=left)
-        if outcome.ok:
-            rows.append(outcome.result)
-        else:
-            if not job.done():
-                job.cancel(check=False)  # past --wait-min: nothing keeps running unwatched
-            failures.append(f"{task.checkpoint} on {task.dataset}, lr {task.lr:g}: {outcome.state}")
+    labels = [f"{task.checkpoint} on {task.dataset}, lr {task.lr:g}" for task in tasks]
+    rows, failures = wait_for_all(jobs, labels, args.wait_min)
     report = write_eval_report(rows, failures, out)
     print(f"report: {report} ({len(rows)} of {len(tasks)} tasks finished)")
     return 0 if not failures else 1
@@ -372,9 +353,18 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_keys(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.config import valid_keys
+    from selfsup.pipelines.config import method_keys, valid_keys
 
-    print("\n".join(valid_keys()))
+    # Every key of the schema; method.* keys depend on method.name, so each is
+    # listed with the methods that have it.
+    print("\n".join(k for k in valid_keys() if not k.startswith("method.")))
+    owners: dict[str, list[str]] = {}
+    for method, keys in method_keys().items():
+        for key in keys:
+            owners.setdefault(key, []).append(method)
+    width = max(map(len, owners))
+    for key, methods in owners.items():
+        print(key if key == "method.name" else f"{key:<{width}}  ({', '.join(methods)})")
     return 0
 
 
@@ -390,7 +380,7 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
     table = Table()
     for column in header:
-        justify = "left" if column in ("dataset", "run") else "right"
+        justify: Literal["left", "right"] = "left" if column in ("dataset", "run") else "right"
         table.add_column(column, justify=justify, no_wrap=True)
     for row in rows:
         table.add_row(*row)
@@ -400,33 +390,9 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     Console(width=250).print(table)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:  # re-raised from a worker: the message is the last line
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _process_rank() -> int:
-    """This process's rank under torchrun or srun (0 otherwise), read without importing torch."""
-    for variable in ("RANK", "SLURM_PROCID"):
-        value = os.environ.get(variable, "")
-        if value.isdigit():
-            return int(value)
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
     return 0
-
-
-def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
-    # In a multi-process job the other ranks only speak up about problems.
-    handler.setLevel(logging.WARNING if quiet or _process_rank() != 0 else logging.INFO)
-    logger = logging.getLogger("selfsup")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)  # the run's log file keeps INFO lines even with --quiet
-    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -441,13 +407,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    _setup_logging(args.quiet)
-    from selfsup.errors import SelfsupError
+    from selfsup.logs import log_to_stderr
+
+    log_to_stderr(args.quiet)
+    from selfsup.errors import SelfsupError, one_line
 
     try:
         return int(args.func(args) or 0)
     except SelfsupError as exc:
-        print(f"selfsup: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"selfsup: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
@@ -460,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         # A DataLoader worker re-raises our errors as their own type; keep them one line.
         if "Original Traceback" in str(exc) and "selfsup.errors." in str(exc):
-            print(f"selfsup: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"selfsup: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
 

@@ -8,6 +8,20 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from selfsup.registry import UnknownName, did_you_mean
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DependencyError",
+    "SelfsupError",
+    "TrainingError",
+    "did_you_mean",
+    "one_line",
+    "unknown_name",
+]
+
 
 class SelfsupError(Exception):
     """A problem with the user's input, reported as one line."""
@@ -33,16 +47,24 @@ class TrainingError(SelfsupError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
-    import difflib
-
-    matches = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
-
-
 def unknown_name(kind: str, name: str, choices: list[str] | tuple[str, ...]) -> ConfigError:
     """The error for a name missing from a registry: suggestion plus the full list."""
-    return ConfigError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices)}"
-    )
+    return ConfigError(str(UnknownName(kind, name, choices)))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message in one line: its first non-empty line, or its type's name.
+
+    Libraries put the cause first (YAML's "while parsing ...", OS errors'
+    "[Errno 28] No space left on device"); tracebacks and context come after.
+    A DataLoader worker re-raises an error as "Caught X in DataLoader worker
+    ... Original Traceback ...": then the original message is the last line.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if any(
+        "Original Traceback" in line for line in lines
+    ):  # re-raised by a DataLoader worker: ours is the last
+        return lines[-1].split(": ", 1)[1] if ": " in lines[-1] else lines[-1]
+    return lines[0]

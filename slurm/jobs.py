@@ -30,8 +30,9 @@ from typing import Any
 import submitit
 
 from selfsup.errors import TrainingError
+from selfsup.logs import log_to_stderr
 from selfsup.pipelines.config import config_from_dict
-from selfsup.pipelines.trainer import train
+from selfsup.pipelines.train.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,6 @@ def requeue(job_id: str) -> None:
     log.info("requeued job %s (restart %d)", job_id, restart_count() + 1)
 
 
-def _setup_task_logging() -> None:
-    """selfsup's log lines into the task's log file (rank 0 at INFO, others at WARNING)."""
-    logger = logging.getLogger("selfsup")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
-        rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
-        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     """``train(config)`` as a submitit job whose folder is the run directory."""
 
@@ -71,7 +59,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self) -> dict[str, Any]:
-        _setup_task_logging()
+        log_to_stderr(replace=False)
         job = submitit.JobEnvironment()
         run_dir = Path(self.config.get("run_dir") or job.paths.folder)
         config = config_from_dict({**self.config, "run_dir": str(run_dir)}, source="submitted job")
@@ -95,7 +83,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         # SystemExit is not an Exception: submitit records no result for this run.
         sys.exit(-1)
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+    def checkpoint(  # type: ignore[override]  # None: no requeue, as submitit allows
+        self, *args: Any, **kwargs: Any
+    ) -> submitit.helpers.DelayedSubmission | None:
         """submitit's own USR2 handler calls this outside training: requeue within the bound."""
         if restart_count() >= self.max_requeues:
             return None  # submitit then reports the job as not requeued

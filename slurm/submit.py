@@ -23,8 +23,8 @@ from typing import Any
 
 from selfsup.errors import SelfsupError
 from selfsup.pipelines.config import RunConfig, to_dict
+from selfsup.slurm.cluster import ClusterProfile
 from selfsup.slurm.jobs import TrainJob
-from selfsup.slurm.profiles import ClusterProfile
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,28 @@ def wait_for(job: Any, poll_s: float = 2.0, timeout_s: float | None = None) -> O
         return Outcome(state="CANCELLED", error=state)
     tail = _log_tail(first.paths.stderr)
     return Outcome(state=state.split()[0] if state else "UNKNOWN", error=tail or state)
+
+
+def wait_for_all(
+    jobs: Sequence[Any], labels: Sequence[str], wait_min: float | None = None
+) -> tuple[list[Any], list[str]]:
+    """Results of the jobs that completed, and a line per job that did not.
+
+    With ``wait_min`` the wait is bounded: a job still pending or running then
+    is cancelled, so nothing keeps running unwatched, and reported as such.
+    """
+    results, failures = [], []
+    deadline = None if wait_min is None else time.monotonic() + 60 * wait_min
+    for label, job in zip(labels, jobs, strict=True):
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        outcome = wait_for(job, timeout_s=left)
+        if outcome.ok:
+            results.append(outcome.result)
+            continue
+        if not job.done():
+            job.cancel(check=False)
+        failures.append(f"{label}: {outcome.state}")
+    return results, failures
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from selfsup.errors import ConfigError, unknown_name
+from selfsup.registry import Registry, UnknownName
+from selfsup.ssl.arguments import ArgumentError
 
 SOURCES = ("auto", "torchvision", "timm")
 VIT_POOLS = ("token", "avg")  # class token, or the mean of the patch tokens
@@ -92,13 +94,14 @@ def _vit(timm_name: str) -> Callable[[BackboneOptions], nn.Module]:
 
         patch = options.patch_size or default_patch_size(options.image_size)
         if options.image_size % patch:
-            raise ConfigError(
-                f"data.image_size={options.image_size} is not divisible by "
-                f"model.patch_size={patch}; ViT patches must tile the image "
-                "(e.g. patch 16 at 224 px, 4 at 32 px)"
+            raise ArgumentError(
+                f"image_size={options.image_size} is not divisible by patch_size={patch}; "
+                "ViT patches must tile the image (e.g. patch 16 at 224 px, 4 at 32 px)",
+                "image_size",
+                "patch_size",
             )
         if options.pool not in VIT_POOLS:
-            raise unknown_name("ViT pooling", options.pool, VIT_POOLS)
+            raise UnknownName("ViT pooling", options.pool, VIT_POOLS)
         return timm.create_model(
             timm_name,
             pretrained=False,
@@ -112,17 +115,16 @@ def _vit(timm_name: str) -> Callable[[BackboneOptions], nn.Module]:
     return build
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(512, _resnet("resnet18"), ("torchvision", "timm")),
-    "resnet50": BackboneSpec(2048, _resnet("resnet50"), ("torchvision", "timm")),
-    "vit_tiny": BackboneSpec(192, _vit("vit_tiny_patch16_224"), ("timm",)),
-    "vit_small": BackboneSpec(384, _vit("vit_small_patch16_224"), ("timm",)),
-    "vit_base": BackboneSpec(768, _vit("vit_base_patch16_224"), ("timm",)),
-}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+BACKBONES.register("resnet18", BackboneSpec(512, _resnet("resnet18"), ("torchvision", "timm")))
+BACKBONES.register("resnet50", BackboneSpec(2048, _resnet("resnet50"), ("torchvision", "timm")))
+BACKBONES.register("vit_tiny", BackboneSpec(192, _vit("vit_tiny_patch16_224"), ("timm",)))
+BACKBONES.register("vit_small", BackboneSpec(384, _vit("vit_small_patch16_224"), ("timm",)))
+BACKBONES.register("vit_base", BackboneSpec(768, _vit("vit_base_patch16_224"), ("timm",)))
 
 
 def backbone_names() -> list[str]:
-    return sorted(BACKBONES)
+    return sorted(BACKBONES.names())
 
 
 def build_backbone(
@@ -135,14 +137,13 @@ def build_backbone(
 ) -> Backbone:
     """Build a randomly initialised backbone by registry name."""
     spec = BACKBONES.get(name)
-    if spec is None:
-        raise unknown_name("backbone", name, backbone_names())
     if source not in SOURCES:
-        raise unknown_name("backbone source", source, SOURCES)
+        raise UnknownName("backbone source", source, SOURCES)
     if source != "auto" and source not in spec.sources:
-        raise ConfigError(
+        raise ArgumentError(
             f"backbone '{name}' comes from {' or '.join(spec.sources)}, not {source}; "
-            "set model.source=auto"
+            "set source=auto",
+            "source",
         )
     options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool)
     return Backbone(spec.build(options), spec.feature_dim, name)
@@ -162,7 +163,9 @@ def replace_with_cifar_stem(resnet: nn.Module) -> None:
     resnet.maxpool = nn.Identity()
 
 
-def resnet_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
+# ResNet trunks are typed Any: torchvision's and timm's stems share attribute
+# names (conv1, bn1, layer1-4) that the type of nn.Module cannot express.
+def resnet_feature_map(trunk: Any, images: torch.Tensor) -> torch.Tensor:
     """The last stage's spatial features ``(B, C, h, w)`` of a torchvision or timm ResNet."""
     x = trunk.conv1(images)
     x = trunk.bn1(x)
@@ -173,9 +176,9 @@ def resnet_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def resnet_stride(trunk: nn.Module) -> int:
+def resnet_stride(trunk: Any) -> int:
     """Total downsampling of a ResNet: the stem's (conv1 x max-pool) times 8 (stages 2-4)."""
     conv_stride = trunk.conv1.stride[0]
     pool = trunk.maxpool
     pool_stride = 1 if isinstance(pool, nn.Identity) else int(getattr(pool, "stride", 2))
-    return conv_stride * pool_stride * 8
+    return int(conv_stride) * pool_stride * 8

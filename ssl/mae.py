@@ -11,25 +11,37 @@ the masked patches, against per-patch normalised pixels by default
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from lightly.models import utils
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
 from torch import nn
 
-from selfsup.errors import ConfigError
+from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.method import BuildContext, MethodConfig, check_ratio, register_method
 from selfsup.ssl.outputs import StepOutput
 
 
-def check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 < mask_ratio < 1.0:
-        raise ConfigError(
-            f"method.mask_ratio must be strictly between 0 and 1 (the share of patches hidden), "
-            f"got {mask_ratio}"
-        )
+@dataclass
+class MAEConfig(MethodConfig):
+    """MAE's options (the run config's ``method:`` section when ``name: mae``)."""
+
+    name: str = "mae"
+    mask_ratio: float = 0.75  # share of patches hidden
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True  # predict per-patch normalised pixels
+
+    def check(self, context: BuildContext) -> None:
+        check_ratio(self.mask_ratio, "mask_ratio")
 
 
+@register_method("mae", MAEConfig)
 class MAE(nn.Module):
     """Masked autoencoder around a ViT backbone."""
 
@@ -43,13 +55,15 @@ class MAE(nn.Module):
         norm_pix_loss: bool = True,
     ) -> None:
         super().__init__()
-        check_mask_ratio(mask_ratio)
+        check_ratio(mask_ratio, "mask_ratio")
         if not backbone.is_vit:
-            raise ConfigError(
-                f"method.name=mae needs a ViT backbone (vit_tiny, vit_small, vit_base), not "
-                f"{backbone.name}; for ResNets use method.name=simmim"
+            raise ArgumentError(
+                f"method=mae needs a ViT backbone (vit_tiny, vit_small, vit_base), not "
+                f"backbone={backbone.name}; for ResNets use method=simmim",
+                "method",
+                "backbone",
             )
-        vit = backbone.trunk
+        vit: Any = backbone.trunk  # timm's VisionTransformer
         self.backbone = backbone
         # lightly's masked encoder is a view of the backbone's ViT. It is kept
         # out of the module tree (set through __dict__) so the ViT's weights
@@ -72,13 +86,26 @@ class MAE(nn.Module):
         )
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * 3)
 
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> MAE:
+        assert isinstance(config, MAEConfig)
+        return cls(
+            backbone,
+            mask_ratio=config.mask_ratio,
+            decoder_dim=config.decoder_dim,
+            decoder_depth=config.decoder_depth,
+            decoder_heads=config.decoder_heads,
+            norm_pix_loss=config.norm_pix_loss,
+        )
+
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predicted masked patches, their targets (pixels, unnormalised) and the mask indices."""
         batch = images.shape[0]
         idx_keep, idx_mask = utils.random_token_mask(
             (batch, self.sequence_length), mask_ratio=self.mask_ratio, device=images.device
         )
-        encoded = self.encoder.encode(images, idx_keep=idx_keep)
+        encoder: MaskedVisionTransformerTIMM = self.__dict__["encoder"]
+        encoded = encoder.encode(images, idx_keep=idx_keep)
         tokens = utils.repeat_token(self.decoder.mask_token, (batch, self.sequence_length))
         tokens = utils.set_at_index(tokens, idx_keep, self.decoder_embed(encoded).type_as(tokens))
         decoded = self.decoder.decode(self.decoder.add_pos_embed(tokens))

@@ -6,6 +6,7 @@ wires them to a backbone and to any number of views.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
@@ -13,10 +14,31 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
+from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.method import BuildContext, MethodConfig, check_positive, register_method
 from selfsup.ssl.outputs import StepOutput
 
 
+@dataclass
+class SimCLRConfig(MethodConfig):
+    """SimCLR's options (the run config's ``method:`` section when ``name: simclr``)."""
+
+    name: str = "simclr"
+    temperature: float = 0.5  # NT-Xent temperature
+    proj_hidden_dim: int | None = None  # None: the backbone's feature dimension
+    proj_output_dim: int = 128
+
+    def check(self, context: BuildContext) -> None:
+        check_positive(self.temperature, "temperature")
+        check_positive(self.proj_output_dim, "proj_output_dim")
+        if context.num_views < 2:
+            raise ArgumentError(
+                f"num_views must be >= 2 for SimCLR, got {context.num_views}", "num_views"
+            )
+
+
+@register_method("simclr", SimCLRConfig)
 class SimCLR(nn.Module):
     """Backbone + 2-layer MLP projection head trained with NT-Xent."""
 
@@ -29,13 +51,23 @@ class SimCLR(nn.Module):
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        check_positive(temperature, "temperature")
         self.backbone = backbone
         hidden = proj_hidden_dim or backbone.feature_dim
         self.projection_head = SimCLRProjectionHead(backbone.feature_dim, hidden, proj_output_dim)
         # gather_distributed: negatives come from every rank's batch, as in the paper.
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> SimCLR:
+        assert isinstance(config, SimCLRConfig)
+        return cls(
+            backbone,
+            proj_hidden_dim=config.proj_hidden_dim,
+            proj_output_dim=config.proj_output_dim,
+            temperature=config.temperature,
+            gather_distributed=context.distributed,
+        )
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         """NT-Xent averaged over every pair of views (one pair for the usual two views)."""

@@ -15,13 +15,15 @@ network sees mask patches in training that it never sees at test time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.errors import ConfigError
+from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone, resnet_feature_map, resnet_stride
-from selfsup.ssl.mae import check_mask_ratio
+from selfsup.ssl.method import BuildContext, MethodConfig, check_ratio, register_method
 from selfsup.ssl.outputs import StepOutput
 
 
@@ -30,6 +32,19 @@ def default_mask_patch_size(image_size: int) -> int:
     return max(4, image_size // 8)
 
 
+@dataclass
+class SimMIMConfig(MethodConfig):
+    """SimMIM's options (the run config's ``method:`` section when ``name: simmim``)."""
+
+    name: str = "simmim"
+    mask_ratio: float = 0.6  # share of the image hidden, in whole patches
+    mask_patch_size: int | None = None  # masked square side; None: image_size / 8
+
+    def check(self, context: BuildContext) -> None:
+        check_ratio(self.mask_ratio, "mask_ratio")
+
+
+@register_method("simmim", SimMIMConfig)
 class SimMIM(nn.Module):
     """Masked image modelling around a ResNet backbone."""
 
@@ -41,15 +56,19 @@ class SimMIM(nn.Module):
         mask_patch_size: int | None = None,
     ) -> None:
         super().__init__()
-        check_mask_ratio(mask_ratio)
+        check_ratio(mask_ratio, "mask_ratio")
         if backbone.is_vit:
-            raise ConfigError(
-                f"method.name=simmim works on ResNets here; for {backbone.name} use method.name=mae"
+            raise ArgumentError(
+                f"method=simmim works on ResNets here; for backbone={backbone.name} use method=mae",
+                "method",
+                "backbone",
             )
         patch = mask_patch_size or default_mask_patch_size(image_size)
         if image_size % patch:
-            raise ConfigError(
-                f"data.image_size={image_size} is not divisible by method.mask_patch_size={patch}"
+            raise ArgumentError(
+                f"image_size={image_size} is not divisible by mask_patch_size={patch}",
+                "image_size",
+                "mask_patch_size",
             )
         self.backbone = backbone
         self.mask_ratio = mask_ratio
@@ -59,13 +78,24 @@ class SimMIM(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.stride = resnet_stride(backbone.trunk)
         if image_size % self.stride:
-            raise ConfigError(
-                f"data.image_size={image_size} is not divisible by the ResNet's total stride "
-                f"{self.stride}"
+            raise ArgumentError(
+                f"image_size={image_size} is not divisible by the ResNet's total stride "
+                f"{self.stride}",
+                "image_size",
             )
         channels = backbone.feature_dim
         self.decoder = nn.Sequential(
             nn.Conv2d(channels, self.stride**2 * 3, kernel_size=1), nn.PixelShuffle(self.stride)
+        )
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> SimMIM:
+        assert isinstance(config, SimMIMConfig)
+        return cls(
+            backbone,
+            image_size=context.image_size,
+            mask_ratio=config.mask_ratio,
+            mask_patch_size=config.mask_patch_size,
         )
 
     def random_mask(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.pipelines.build import build_model
 from selfsup.pipelines.config import load_config
-from selfsup.pipelines.throughput import count_step_flops
+from selfsup.pipelines.train.build import build_model
+from selfsup.pipelines.train.throughput import count_step_flops
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))

@@ -24,7 +24,7 @@ def test_ssl_folder_has_no_init():
 def test_code_folders_import_as_one_package():
     for name in (
         "selfsup.ssl.simclr",
-        "selfsup.pipelines.trainer",
+        "selfsup.pipelines.train.trainer",
         "selfsup.slurm",
         "selfsup.eval.probe",
     ):
@@ -45,3 +45,9 @@ def test_ssl_room_depends_on_nothing_above_it():
             text = path.read_text()
             for name in names:
                 assert f"from {name}" not in text and f"import {name}" not in text, (path, name)
+
+
+def test_the_checkout_root_is_this_checkout():
+    from selfsup.paths import checkout_root
+
+    assert checkout_root() == REPO and (checkout_root() / "pyproject.toml").is_file()

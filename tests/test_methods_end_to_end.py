@@ -29,6 +29,12 @@ SMALL = {
 }  # fmt: skip
 
 
+def recipe_overrides(recipe: str, tiny_overrides: list[str]) -> list[str]:
+    """The tiny run's settings for ``recipe``: its SimCLR head options only where it is SimCLR."""
+    own = [o for o in tiny_overrides if recipe.startswith("simclr") or not o.startswith("method.")]
+    return [*own, *SMALL[recipe]]
+
+
 def output_dir(overrides: list[str]) -> Path:
     return Path(next(o for o in overrides if o.startswith("output_dir=")).split("=", 1)[1])
 
@@ -49,7 +55,7 @@ def images(run_dir: Path, tag: str) -> dict[int, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(SMALL))
 def test_recipe_trains_checkpoints_probes_and_reports(recipe, tiny_overrides, data_root, capsys):
-    overrides = [*tiny_overrides, *SMALL[recipe], f"name={recipe}", "train.image_every=3"]
+    overrides = [*recipe_overrides(recipe, tiny_overrides), f"name={recipe}", "train.image_every=3"]
     assert main(["train", str(CONFIGS / f"{recipe}.yaml"), *overrides]) == 0
     run = output_dir(tiny_overrides) / recipe
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000000006"
@@ -111,7 +117,7 @@ def test_mae_on_real_cifar10_lowers_the_loss_and_the_reconstructions_show_it(sha
 def test_masked_runs_resume_bitwise_with_images_on(recipe, tiny_overrides, tmp_path):
     """Masks come from the global RNG and image logging draws masks too: neither may shift."""
     config = str(CONFIGS / f"{recipe}.yaml")
-    overrides = [*tiny_overrides, *SMALL[recipe], "train.image_every=2"]
+    overrides = [*recipe_overrides(recipe, tiny_overrides), "train.image_every=2"]
     straight = tmp_path / "a"
     assert main(["train", config, *overrides, f"run_dir={straight}"]) == 0
     resumed = tmp_path / "b"  # starts from a's step-3 checkpoint, as after a crash

@@ -36,5 +36,18 @@ def test_knn_uses_cosine_similarity_and_weighted_votes():
     assert knn_accuracy(x, y, xt, yt, 4, k=10) > 95
     # Scaling a vector does not change its cosine neighbours.
     assert knn_accuracy(x * 100, y, xt, yt, 4, k=10) == knn_accuracy(x, y, xt, yt, 4, k=10)
-    # k larger than the bank is clamped rather than failing.
-    assert knn_accuracy(x[:5], y[:5], xt, yt, 4, k=200) >= 0
+    # k larger than the bank is clamped rather than failing: all 5 vote.
+    assert knn_accuracy(x[:5], y[:5], xt, yt, 4, k=200) == knn_accuracy(
+        x[:5], y[:5], xt, yt, 4, k=5
+    )
+
+
+def test_knn_votes_are_weighted_by_similarity_not_counted():
+    # One bank vector of class 0 right on the query, three of class 1 far from it:
+    # a majority vote of k=4 says 1; similarity-weighted votes (exp(sim / 0.1)) say 0.
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.2, 1.0], [0.2, -1.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    query = torch.tensor([[1.0, 0.05]])
+    assert knn_accuracy(bank, labels, query, torch.tensor([0]), 2, k=4, temperature=0.1) == 100.0
+    # With a large temperature every weight is about 1: the majority wins.
+    assert knn_accuracy(bank, labels, query, torch.tensor([0]), 2, k=4, temperature=100.0) == 0.0

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import torch.distributed as dist
 
-from selfsup.pipelines.datasets import ArrayDataset
-from selfsup.pipelines.loaders import TorchvisionTrainLoader
+from selfsup.pipelines.data.datasets import ArrayDataset
+from selfsup.pipelines.data.loaders import TorchvisionTrainLoader, ViewSpec
 
 
 def epoch_ids(loader, epoch):
@@ -21,19 +21,18 @@ def epoch_ids(loader, epoch):
 def main(beton: str, size: int, out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    common = dict(
-        image_size=8, crop_scale=(0.5, 1.0), num_views=2, batch_size=4, num_workers=1, seed=11
-    )
+    spec = ViewSpec(
+        image_size=8, crop_scale=(0.5, 1.0), num_views=2, batch_size=4, num_workers=1, seed=11,
+        rank=rank, world_size=world,
+    )  # fmt: skip
     images = np.zeros((size, 8, 8, 3), np.uint8)
     loaders = {
-        "torchvision": TorchvisionTrainLoader(
-            ArrayDataset(images, np.arange(size), ["x"]), rank=rank, world_size=world, **common
-        )
+        "torchvision": TorchvisionTrainLoader(ArrayDataset(images, np.arange(size), ["x"]), spec)
     }
     if beton != "-":
-        from selfsup.pipelines.ffcv_loader import FFCVTrainLoader
+        from selfsup.pipelines.data.ffcv_loader import FFCVTrainLoader
 
-        loaders["ffcv"] = FFCVTrainLoader(beton, rank=rank, world_size=world, **common)
+        loaders["ffcv"] = FFCVTrainLoader(beton, spec)
     result = {}
     for name, loader in loaders.items():
         for epoch in (0, 1):

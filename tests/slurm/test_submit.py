@@ -15,9 +15,9 @@ import torch
 from selfsup.cli import main
 from selfsup.errors import ConfigError
 from selfsup.eval.report import read_scalars
-from selfsup.pipelines.checkpoint import find_latest, read_meta
+from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.config import load_config
-from selfsup.pipelines.trainer import train
+from selfsup.pipelines.train.trainer import train
 from selfsup.slurm.profiles import load_profile
 from selfsup.slurm.submit import Outcome, submit_training, wait_for
 

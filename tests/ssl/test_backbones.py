@@ -3,7 +3,6 @@ import torch
 import torchvision
 from torch import nn
 
-from selfsup.errors import ConfigError
 from selfsup.ssl.backbones import backbone_names, build_backbone
 
 
@@ -41,13 +40,13 @@ def test_exported_trunk_weights_load_into_plain_torchvision():
 
 
 def test_unknown_backbone_suggests_the_closest_name():
-    with pytest.raises(ConfigError, match="did you mean 'resnet50'"):
+    with pytest.raises(ValueError, match="did you mean 'resnet50'"):
         build_backbone("resnet05")
     assert "resnet18" in backbone_names()
 
 
 def test_unknown_source_is_refused():
-    with pytest.raises(ConfigError, match="torchvision, timm"):
+    with pytest.raises(ValueError, match="torchvision, timm"):
         build_backbone("resnet18", source="keras")
 
 
@@ -75,17 +74,15 @@ def test_vit_pooling_by_class_token_or_mean():
 
 
 def test_image_size_must_be_divisible_by_the_patch_size():
-    with pytest.raises(
-        ConfigError, match="data.image_size=30 is not divisible by model.patch_size=4"
-    ):
+    with pytest.raises(ValueError, match="image_size=30 is not divisible by patch_size=4"):
         build_backbone("vit_tiny", image_size=30)
 
 
 def test_unknown_vit_name_suggests_the_closest():
-    with pytest.raises(ConfigError, match="did you mean 'vit_small'"):
+    with pytest.raises(ValueError, match="did you mean 'vit_small'"):
         build_backbone("vit_smal")
 
 
 def test_vits_come_from_timm():
-    with pytest.raises(ConfigError, match="comes from timm, not torchvision"):
+    with pytest.raises(ValueError, match="comes from timm, not torchvision"):
         build_backbone("vit_tiny", source="torchvision", image_size=32)

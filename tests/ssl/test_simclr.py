@@ -2,10 +2,10 @@ import pytest
 import torch
 from lightly.loss import NTXentLoss
 
-from selfsup.errors import ConfigError
 from selfsup.ssl.backbones import build_backbone
-from selfsup.ssl.methods import build_method, method_names
-from selfsup.ssl.simclr import SimCLR
+from selfsup.ssl.method import BuildContext
+from selfsup.ssl.methods import build_method, method_names, method_spec
+from selfsup.ssl.simclr import SimCLR, SimCLRConfig
 
 
 def small_simclr(**kwargs) -> SimCLR:
@@ -54,9 +54,16 @@ def test_single_view_is_refused():
         small_simclr()([torch.randn(2, 3, 32, 32)])
 
 
-def test_registry_builds_by_name_and_suggests():
-    assert "simclr" in method_names()
-    model = build_method("simclr", build_backbone("resnet18"), temperature=0.1)
-    assert isinstance(model, SimCLR)
-    with pytest.raises(ConfigError, match="did you mean 'simclr'"):
-        build_method("simclrr", build_backbone("resnet18"))
+def test_registry_builds_from_the_methods_own_config_and_suggests():
+    assert "simclr" in method_names() and method_spec("simclr").config is SimCLRConfig
+    model = build_method(build_backbone("resnet18"), SimCLRConfig(temperature=0.1))
+    assert isinstance(model, SimCLR) and model.criterion.temperature == 0.1
+    with pytest.raises(ValueError, match="did you mean 'simclr'"):
+        method_spec("simclrr")
+
+
+def test_the_config_checks_its_own_options():
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        SimCLRConfig(temperature=0.0).check(BuildContext(image_size=32))
+    with pytest.raises(ValueError, match="num_views must be >= 2"):
+        SimCLRConfig().check(BuildContext(image_size=32, num_views=1))

@@ -1,0 +1,212 @@
+"""Training checkpoints, written atomically, found and pruned.
+
+Layout of a run's ``checkpoints/`` folder::
+
+    step_000000500/          one complete checkpoint
+        .metadata            DCP index (single/DDP engines)
+        __0_0.distcp ...     tensors, one file per writing rank
+        (DeepSpeed: mp_rank_*_model_states.pt, zero_pp_rank_*_optim_states.pt)
+        rng_rank0.pt ...     every rank's RNG states (weights-only files)
+        meta.json            step, epoch, world size, engine, scheduler position
+    step_000001000/
+    latest                   name of the newest complete checkpoint
+
+A checkpoint is written into ``.step_XXXXXXXXX.tmp/`` by every rank, and rank
+0 renames it after all ranks are done and ``meta.json`` is on disk; ``latest``
+is replaced (write + rename) after that. A crash at any moment therefore
+leaves the previous checkpoint intact and findable, and an unfinished
+temporary folder is ignored and removed by the next save. Model and optimizer
+states are the engine's business (DCP or DeepSpeed); this module owns the
+protocol around them.
+
+The manager is built with the stateful objects it saves (torchtitan's
+idea): the engine (model, optimizer, loss scale), the scheduler, the
+training position and, implicitly, this process's RNG states; it decides
+the cadence itself (:meth:`CheckpointManager.save`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from selfsup.atomic import fsync_dir, fsync_file, fsync_tree, write_atomic
+from selfsup.pipelines.checkpoint.folders import (
+    FORMAT,
+    LATEST_FILE,
+    META_FILE,
+    find_latest,
+    list_checkpoints,
+    read_meta,
+    step_dir_name,
+    step_of,
+)
+from selfsup.pipelines.checkpoint.rng import capture_rng, restore_rng, rng_file
+
+if TYPE_CHECKING:  # engines import the DCP helpers of this room; this module only calls them
+    from selfsup.pipelines.runtime.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class TrainState:
+    """Where training stands: optimizer steps taken and the epoch they are in."""
+
+    step: int = 0
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When checkpoints are written and which are kept."""
+
+    every_steps: int | None = None  # None: only when forced
+    total_steps: int | None = None  # the final step is always saved
+    keep_last: int = 2
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+
+
+class CheckpointManager:
+    """Saves, finds, loads and prunes one run's checkpoints of the objects it was built with."""
+
+    def __init__(
+        self,
+        directory: Path,
+        engine: Engine,
+        scheduler: Scheduler,
+        state: TrainState,
+        cadence: Cadence | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.engine = engine
+        self.scheduler = scheduler
+        self.state = state
+        self.cadence = cadence or Cadence()
+        self.describe = describe or dict  # extra meta.json entries at save time
+        self.last_saved: int | None = None
+
+    def latest(self) -> Path | None:
+        return find_latest(self.directory)
+
+    def due(self, step: int) -> bool:
+        every, total = self.cadence.every_steps, self.cadence.total_steps
+        return bool(every and step % every == 0) or step == total
+
+    def save(self, step: int, force: bool = False) -> Path | None:
+        """Checkpoint ``step`` when due (or ``force``) and not saved yet; its folder, or None."""
+        if step == self.last_saved or not (force or self.due(step)):
+            return None
+        assert step == self.state.step, (step, self.state.step)
+        path = self._write()
+        self.last_saved = step
+        return path
+
+    def _write(self) -> Path:
+        """Every rank writes its files into a temporary folder; rank 0 commits it."""
+        started = time.perf_counter()
+        engine = self.engine
+        final = self.directory / step_dir_name(self.state.step)
+        tmp = self.directory / f".{final.name}.tmp"
+        if engine.is_main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        engine.barrier()
+        engine.save_model_and_optimizer(tmp)
+        own_rng = rng_file(tmp, engine.rank)
+        torch.save(capture_rng(), own_rng)
+        fsync_file(own_rng)
+        engine.barrier()  # every rank's files are on disk
+        if engine.is_main:
+            (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=1))
+            fsync_tree(tmp)
+            if final.exists():  # the same step saved again (e.g. the final save)
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fsync_dir(self.directory)
+            write_atomic(self.directory / LATEST_FILE, final.name + "\n")
+            self._prune()
+            log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - started)
+        engine.barrier()
+        return final
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            **asdict(self.state),
+            "world_size": self.engine.world_size,
+            "engine": self.engine.name,
+            "scheduler": scheduler_position(self.scheduler),
+            "engine_state": _jsonable(self.engine.state_dict()),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **self.describe(),
+        }
+
+    def load(self, path: Path) -> TrainState:
+        """Restore every object this manager was built with from ``path``; the position."""
+        meta = read_meta(path)
+        engine = self.engine
+        engine.load_model_and_optimizer(path, meta)
+        engine.load_state_dict(meta.get("engine_state", {}))
+        restore_scheduler_position(self.scheduler, meta["scheduler"])
+        own_rng = rng_file(path, engine.rank)
+        if meta.get("world_size") == engine.world_size and own_rng.is_file():
+            restore_rng(torch.load(own_rng, weights_only=True))
+        else:
+            log.warning(
+                "checkpoint %s was written by %s process(es), this run has %d: resharded; RNG "
+                "streams start fresh (training continues; bitwise replay needs the same count)",
+                path, meta.get("world_size"), engine.world_size,
+            )  # fmt: skip
+        self.state.step, self.state.epoch = int(meta["step"]), int(meta["epoch"])
+        self.last_saved = self.state.step
+        return self.state
+
+    def _prune(self) -> None:
+        found = list_checkpoints(self.directory)
+        keep = set(found[-self.cadence.keep_last :])
+        every = self.cadence.keep_every
+        for path in found:
+            if path in keep or (every and step_of(path) % every == 0):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+        for leftover in self.directory.glob(".step_*.tmp"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+# The schedule's shape (warmup, length) comes from the config, so a resumed run
+# may extend it; a checkpoint restores only the position in it.
+SCHEDULER_POSITION = ("last_epoch", "_step_count", "_last_lr")
+
+
+def scheduler_position(scheduler: Scheduler) -> dict[str, Any]:
+    state = scheduler.state_dict()
+    return _jsonable({k: state[k] for k in SCHEDULER_POSITION if k in state})
+
+
+def restore_scheduler_position(scheduler: Scheduler, position: dict[str, Any]) -> None:
+    """The saved position over the scheduler's own state, through its ``load_state_dict``."""
+    scheduler.load_state_dict({**scheduler.state_dict(), **position})
+
+
+def _jsonable(value: Any) -> Any:
+    """Scheduler/scaler states hold only numbers, lists and dicts; tensors become floats."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value

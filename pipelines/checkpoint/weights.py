@@ -1,0 +1,241 @@
+"""Backbone weights for evaluation: export to, and load from, weights-only files.
+
+``backbone.pt`` holds only tensors, strings and numbers, so it loads with
+``torch.load(weights_only=True)``: opening it cannot run code. Its
+``state_dict`` uses the library's own parameter names (torchvision or timm).
+
+:func:`load_backbone` accepts a run directory, a checkpoint folder
+(``checkpoints/step_*``) or a ``backbone.pt`` file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from selfsup.atomic import write_atomic
+from selfsup.errors import CheckpointError
+from selfsup.pipelines.checkpoint import dcp_io, folders
+from selfsup.pipelines.checkpoint.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE
+from selfsup.pipelines.config import RunConfig, load_saved_config
+from selfsup.ssl.backbones import Backbone, build_backbone
+
+FORMAT = "selfsup.backbone/1"
+
+
+@dataclass
+class BackboneInfo:
+    """What evaluation needs to know about loaded weights."""
+
+    name: str
+    source: str
+    cifar_stem: bool
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    step: int | None
+    origin: str  # the file or folder the weights came from
+    run_dir: Path | None  # the run they belong to, where known
+    seed: int = 0  # the run's seed: the random-init baseline uses the same initialisation
+    patch_size: int | None = None  # ViTs
+    pool: str = "token"  # ViTs
+
+    def build(self) -> Backbone:
+        """A fresh backbone of this architecture (random weights)."""
+        return build_backbone(
+            self.name,
+            self.source,
+            self.cifar_stem,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            pool=self.pool,
+        )
+
+
+def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step: int | None):
+    return BackboneInfo(
+        name=config.model.backbone,
+        source=config.model.source,
+        cifar_stem=config.model.cifar_stem,
+        image_size=config.data.image_size,
+        mean=list(config.data.mean),
+        std=list(config.data.std),
+        step=step,
+        origin=origin,
+        run_dir=run_dir,
+        seed=config.train.seed,
+        patch_size=config.model.patch_size,
+        pool=config.model.pool,
+    )
+
+
+def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: BackboneInfo) -> None:
+    """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "backbone": {
+            "name": info.name,
+            "source": info.source,
+            "cifar_stem": info.cifar_stem,
+            "patch_size": info.patch_size if info.patch_size is not None else -1,
+            "pool": info.pool,
+        },
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "step": info.step if info.step is not None else -1,
+        "seed": info.seed,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in trunk_state.items()},
+    }
+    write_atomic(path, lambda fh: torch.save(payload, fh))
+
+
+def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
+    """Load trained backbone weights from a run directory, checkpoint folder or file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist; pass a run directory, a checkpoints/step_* folder "
+            "or a backbone .pt file"
+        )
+    if path.is_file():
+        return load_backbone_file(path)
+    if (path / folders.META_FILE).is_file():
+        return _load_from_checkpoint(path, run_dir=path.parent.parent)
+    if (path / CONFIG_FILE).is_file():
+        if (path / BACKBONE_FILE).is_file():
+            return load_backbone_file(path / BACKBONE_FILE, run_dir=path)
+        latest = folders.find_latest(path / CHECKPOINT_DIR)
+        if latest is not None:
+            return _load_from_checkpoint(latest, run_dir=path)
+        raise CheckpointError(f"run directory {path} holds no checkpoint yet; train it first")
+    raise CheckpointError(
+        f"{path} is not a selfsup run directory or checkpoint (no {CONFIG_FILE}, no "
+        f"{folders.META_FILE}); pass a run directory, a checkpoints/step_* folder or a .pt file"
+    )
+
+
+def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbone, BackboneInfo]:
+    """Load a weights-only backbone file; code-carrying pickles are refused."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive; older tools a bare pickle (protocol >= 2 starts with 0x80).
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a torch weights file (neither a zip archive nor a pickle); pass a "
+            "run directory, a checkpoints/step_* folder or a backbone .pt file"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses anything but tensors and plain containers. Name
+        # the Python object a malicious pickle asks for, where torch reports it.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"a pickled Python object ({found.group(1)})" if found else "pickled data"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds {what} that torch.load(weights_only=True) "
+            "rejects; loading it could run arbitrary code. selfsup loads only plain-tensor "
+            "files such as the backbone.pt a run writes"
+        ) from exc
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(
+            f"{path} is not a readable torch weights file ({type(exc).__name__}); "
+            "it may be truncated or of another format"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a selfsup backbone file (expected format {FORMAT!r}); "
+            "export one with `selfsup checkpoint export`"
+        )
+    spec = payload["backbone"]
+    info = BackboneInfo(
+        name=spec["name"],
+        source=spec["source"],
+        cifar_stem=bool(spec["cifar_stem"]),
+        patch_size=spec["patch_size"] if spec.get("patch_size", -1) > 0 else None,
+        pool=spec.get("pool", "token"),
+        image_size=int(payload["image_size"]),
+        mean=list(payload["mean"]),
+        std=list(payload["std"]),
+        step=int(payload["step"]) if payload.get("step", -1) >= 0 else None,
+        origin=str(path),
+        run_dir=run_dir,
+        seed=int(payload.get("seed", 0)),
+    )
+    backbone = info.build()
+    result = backbone.trunk.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path} does not match a {info.name} backbone (missing: "
+            f"{', '.join(result.missing_keys[:5]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+        )
+    return backbone, info
+
+
+def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
+    """Read only the backbone's tensors out of a training checkpoint (any engine)."""
+    meta = folders.read_meta(path)
+    config = load_saved_config(run_dir / CONFIG_FILE)
+    info = info_from_config(config, str(path), run_dir, int(meta["step"]))
+    backbone = info.build()
+    if meta.get("engine") == "deepspeed":
+        return _load_from_deepspeed(path, backbone), info
+    wanted = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    dcp_io.check_model_keys(path, wanted, _backbone_keys(dcp_io.stored_keys(path)))
+    state = {"model": wanted}
+    with dcp_io.quiet_dcp():
+        try:
+            dcp.load(state, checkpoint_id=path)
+        except dcp_io.DCP_ERRORS as exc:
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({dcp_io.describe_dcp_error(exc)}); "
+                "it is incomplete or corrupt"
+            ) from exc
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items()})
+    return backbone, info
+
+
+def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stored.items() if k.startswith("model.backbone.")}
+
+
+def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
+    """Consolidate a DeepSpeed checkpoint's fp32 weights (DeepSpeed's zero_to_fp32).
+
+    DeepSpeed's own reader unpickles its files: only load DeepSpeed
+    checkpoints you wrote yourself.
+    """
+    from selfsup.pipelines.runtime.engines.deepspeed_engine import require_deepspeed
+
+    require_deepspeed()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    stage = folders.read_meta(path).get("engine_state", {}).get("zero_stage", 2)
+    try:
+        if stage == 0:  # no ZeRO shards: the model file holds the weights
+            files = sorted(path.glob("mp_rank_*_model_states.pt"))
+            full = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        else:
+            full = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    except (FileNotFoundError, IndexError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"cannot consolidate DeepSpeed checkpoint {path} ({type(exc).__name__}: {exc}); "
+            "a shard is missing or corrupt"
+        ) from exc
+    wanted = {k: v for k, v in full.items() if k.startswith("backbone.")}
+    result = backbone.load_state_dict(
+        {k[len("backbone.") :]: v for k, v in wanted.items()}, strict=False
+    )
+    if result.missing_keys:
+        raise CheckpointError(
+            f"{path} does not hold a {backbone.name} backbone (missing: "
+            f"{', '.join(result.missing_keys[:5])})"
+        )
+    return backbone

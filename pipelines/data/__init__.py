@@ -1,0 +1,1 @@
+"""Images in, batches of views out: datasets, sources, loaders, FFCV files, augmentation."""

@@ -1,0 +1,218 @@
+"""The torchvision loader: multi-view crops of a dataset, resumable mid-epoch.
+
+The batch contract every loader (this one, FFCV) keeps:
+
+- training batches are :class:`ViewBatch` es: ``num_views`` tensors of
+  ``uint8`` crops ``(B, 3, S, S)`` (random-resized crops, one per view) and
+  the labels; colour, flip and blur augmentations and normalisation run on the
+  device afterwards (:mod:`selfsup.pipelines.data.augment`);
+- evaluation batches are ``(uint8 images (B, 3, S, S), labels)``: shorter side
+  resized to ``S``, centre crop;
+- ``steps_per_epoch`` full batches per epoch (the last partial batch is
+  dropped), ``epoch_batches(epoch, start_step)`` yields an epoch from any step.
+
+Randomness is a pure function of ``(seed, epoch, sample index)``: the sampler
+hands each index its own seed and the crops are drawn from it. An epoch
+therefore yields the same batches whatever the number of workers and whether
+or not the run was interrupted and resumed part-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+from selfsup.errors import DataError
+from selfsup.pipelines.data.datasets import ImageDataset
+from selfsup.pipelines.runtime.seeding import derive_seed
+
+SampleKey = tuple[int, int]  # (dataset index, seed for that sample's randomness)
+
+
+@dataclass
+class ViewBatch:
+    views: list[torch.Tensor]  # num_views x uint8 (B, 3, S, S)
+    labels: torch.Tensor  # int64 (B,)
+
+
+class TrainLoader(Protocol):
+    """What the trainer needs from a loader (torchvision and FFCV provide it)."""
+
+    batch_size: int
+    steps_per_epoch: int
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]: ...
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, sample)."""
+    return derive_seed(seed, epoch, index)
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that yields ``(index, sample seed)`` and can start mid-epoch.
+
+    With ``num_replicas`` and ``rank`` given explicitly it needs no process
+    group, so the single-process and distributed paths are the same code.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            _Sized(dataset_size),  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
+        )
+        self.start_index = 0
+
+    def set_start(self, start_index: int) -> None:
+        """Skip the first ``start_index`` samples of this rank's share of the epoch."""
+        self.start_index = start_index
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        indices = list(super().__iter__())[self.start_index :]
+        return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
+
+
+class _Sized:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class MultiViewCrops(Dataset):
+    """``num_views`` independent random-resized crops of each image, seeded per sample."""
+
+    def __init__(
+        self, base: ImageDataset, image_size: int, crop_scale: tuple[float, float], num_views: int
+    ) -> None:
+        self.base = base
+        self.num_views = num_views
+        self.crop = v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: SampleKey) -> tuple[list[torch.Tensor], int]:
+        index, seed = key
+        image, label = self.base[index]
+        # fork_rng: the worker (or, with num_workers=0, the trainer) keeps its own RNG stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = [self.crop(image) for _ in range(self.num_views)]
+        return views, label
+
+
+class ResizeCenterCrop(Dataset):
+    """Deterministic evaluation view: shorter side to ``image_size``, centre crop."""
+
+    def __init__(self, base: ImageDataset, image_size: int) -> None:
+        self.base = base
+        self.transform = v2.Compose(
+            [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        )
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            image = self.transform(image)
+        return image, label
+
+
+def _collate_views(items: list[tuple[list[torch.Tensor], int]]) -> ViewBatch:
+    num_views = len(items[0][0])
+    views = [torch.stack([views[v] for views, _ in items]) for v in range(num_views)]
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return ViewBatch(views, labels)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The batch contract every training loader keeps.
+
+    ``num_views`` random-resized crops of ``image_size`` per image (area share
+    in ``crop_scale``), ``batch_size`` images per process, sharded across
+    ``world_size`` processes and reshuffled per epoch from ``seed``.
+    """
+
+    image_size: int
+    crop_scale: tuple[float, float]
+    num_views: int
+    batch_size: int
+    num_workers: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+
+class TorchvisionTrainLoader:
+    """Multi-view training batches through ``torch.utils.data.DataLoader``."""
+
+    def __init__(self, dataset: ImageDataset, spec: ViewSpec, pin_memory: bool = False) -> None:
+        batch_size, world_size, seed = spec.batch_size, spec.world_size, spec.seed
+        self.sampler = ResumableSampler(
+            len(dataset), world_size, spec.rank, shuffle=True, seed=seed
+        )
+        self.batch_size = batch_size
+        self.steps_per_epoch = self.sampler.num_samples // batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size} "
+                f"per process on {world_size} process(es); lower data.batch_size"
+            )
+        self.loader = DataLoader(
+            MultiViewCrops(dataset, spec.image_size, spec.crop_scale, spec.num_views),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=spec.num_workers,
+            collate_fn=_collate_views,
+            drop_last=True,
+            pin_memory=pin_memory,
+            persistent_workers=spec.num_workers > 0,
+            # Its own generator: creating an epoch's iterator draws a worker
+            # base seed, which must not advance the trainer's global RNG (that
+            # would make a resumed run's RNG state differ from an unbroken one).
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
+        """Batches ``start_step..steps_per_epoch-1`` of ``epoch``."""
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_step * self.batch_size)
+        yield from self.loader
+
+
+def eval_loader(
+    dataset: ImageDataset, image_size: int, batch_size: int, num_workers: int
+) -> DataLoader:
+    """Evaluation batches ``(uint8 images, labels)`` in dataset order."""
+    return DataLoader(
+        ResizeCenterCrop(dataset, image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=False,
+    )

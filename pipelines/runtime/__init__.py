@@ -1,0 +1,1 @@
+"""Where and how a process runs: distributed environment, seeding, stop signals, engines."""

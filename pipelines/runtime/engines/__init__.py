@@ -1,0 +1,86 @@
+"""Training engines: one process, DDP, DeepSpeed ZeRO.
+
+The trainer talks to an engine only through :class:`~selfsup.pipelines.runtime.engines.base.Engine`,
+so the same loop runs on every engine; :func:`build_engine` picks one from
+the config and the launcher's environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from selfsup.errors import ConfigError
+from selfsup.registry import Registry, UnknownName
+
+if TYPE_CHECKING:  # config.py reads ENGINES; at run time this module needs no config
+    from selfsup.pipelines.config import RunConfig
+from selfsup.pipelines.runtime.distributed import DistEnv, detect_env, device_for
+from selfsup.pipelines.runtime.engines.base import (
+    PRECISIONS,
+    Engine,
+    check_precision,
+    resolve_device,
+)
+
+# Each entry builds its engine from the run config and the engine options
+# shared by all; DDP and DeepSpeed are imported only when chosen.
+EngineBuilder = Callable[["RunConfig", dict[str, Any]], Engine]
+ENGINES: Registry[EngineBuilder] = Registry("engine")
+
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "build_engine", "check_precision", "resolve_device"]
+
+
+@ENGINES.decorator("single")
+def _single(config: RunConfig, options: dict[str, Any]) -> Engine:
+    return Engine(**options)
+
+
+@ENGINES.decorator("ddp")
+def _ddp(config: RunConfig, options: dict[str, Any]) -> Engine:
+    from selfsup.pipelines.runtime.engines.ddp import DDPEngine
+
+    return DDPEngine(sync_batchnorm=config.train.sync_batchnorm, **options)
+
+
+@ENGINES.decorator("deepspeed")
+def _deepspeed(config: RunConfig, options: dict[str, Any]) -> Engine:
+    from selfsup.pipelines.runtime.engines.deepspeed_engine import DeepSpeedEngine
+
+    return DeepSpeedEngine(
+        zero_stage=config.train.zero_stage,
+        micro_batch_size=config.data.batch_size,
+        config_overrides=config.train.deepspeed_config,
+        **options,
+    )
+
+
+def build_engine(config: RunConfig, env: DistEnv | None = None) -> Engine:
+    """The configured engine for this process; joins the process group when distributed."""
+    env = env or detect_env()
+    train = config.train
+    try:
+        builder = ENGINES.get(train.engine)
+    except UnknownName as exc:
+        raise ConfigError(str(exc)) from None
+    if train.engine == "single" and env.distributed:
+        raise ConfigError(
+            f"train.engine=single runs one process, but the {env.launcher} launcher started "
+            f"{env.world_size}; set train.engine=ddp or train.engine=deepspeed"
+        )
+    options: dict[str, Any] = {
+        "device": device_for(env, train.device),
+        "precision": train.precision,
+        "clip_grad_norm": config.optim.clip_grad_norm,
+        "grad_accum_steps": train.grad_accum_steps,
+        "env": env,
+        "compile": train.compile,
+    }
+    return builder(config, options)
+
+
+def cpu_engine(precision: str = "fp32") -> Engine:
+    """A single-process CPU engine (evaluation, tools)."""
+    return Engine(torch.device("cpu"), precision, None)

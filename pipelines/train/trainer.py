@@ -1,0 +1,378 @@
+"""The pretraining loop: ``train(config)`` and the :class:`Trainer` it runs.
+
+One function, whatever launches it (the CLI, torchrun, a SLURM job, a test):
+it prepares the run directory, builds a :class:`Trainer` from the config,
+resumes from the run directory's newest checkpoint when there is one, trains
+to ``total_steps`` and leaves a final checkpoint and ``backbone.pt`` behind.
+Engines hide where the model lives and how a step is taken, so the loop is
+the same on every engine; the checkpoint manager, built with the objects it
+saves, decides when to save.
+
+Determinism: model initialisation uses the run seed on every rank; data
+order, crops and augmentations are functions of (seed, rank, epoch, step,
+sample); each rank's RNG states are checkpointed. A run that is killed and
+resumed on the same number of processes therefore ends with the same
+weights, to the bit, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from selfsup.atomic import write_atomic
+from selfsup.errors import TrainingError
+from selfsup.pipelines.checkpoint.folders import find_latest
+from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.run_dir import (
+    BACKBONE_FILE,
+    CHECKPOINT_DIR,
+    SUMMARY_FILE,
+    prepare_run_dir,
+    run_log_file,
+)
+from selfsup.pipelines.checkpoint.weights import info_from_config, save_backbone
+from selfsup.pipelines.config import RunConfig
+from selfsup.pipelines.data.loaders import TrainLoader, ViewBatch
+from selfsup.pipelines.runtime.engines import Engine, build_engine
+from selfsup.pipelines.runtime.seeding import derive_seed, seed_everything
+from selfsup.pipelines.runtime.stopping import StopRequest
+from selfsup.pipelines.train.build import build_augment, build_model, build_train_loader
+from selfsup.pipelines.train.monitor import Monitor
+from selfsup.pipelines.train.optim import build_optimizer, build_scheduler, peak_lr
+from selfsup.pipelines.train.throughput import Throughput, count_step_flops
+from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
+from selfsup.ssl.outputs import StepOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    total_steps: int
+    resumed_from_step: int | None
+    final_loss: float | None
+    stopped_by: str | None  # the signal that stopped training early, if any
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
+    """Pretrain as configured; resume from the run directory's newest checkpoint."""
+    # Shapes only, on the meta device: a backbone/method/size mismatch is refused
+    # before a run directory is created or a process group is started.
+    with torch.device("meta"):
+        build_model(config)
+    own_engine = engine is None
+    engine = engine or build_engine(config)
+    try:
+        checkpoints = config.resolved_run_dir() / CHECKPOINT_DIR
+        resume_from = find_latest(checkpoints) if config.checkpoint.resume else None
+        run_dir = prepare_run_dir(config, resuming=resume_from is not None, is_main=engine.is_main)
+        engine.barrier()
+        with run_log_file(run_dir, enabled=engine.is_main):
+            result = Trainer(config, engine, run_dir).run(resume_from)
+            # Leave the process group together: a rank that tears it down while
+            # another still writes the final files can abort in gloo's threads.
+            engine.barrier()
+            return result
+    finally:
+        if own_engine:
+            engine.close()
+
+
+def optimizer_steps(
+    loader: TrainLoader, accum: int, start_step: int, steps_per_epoch: int
+) -> Iterator[tuple[int, list[ViewBatch]]]:
+    """``(step, micro_batches)`` from ``start_step`` on, epoch after epoch.
+
+    Each optimizer step takes ``accum`` consecutive micro-batches of one
+    epoch; a remainder shorter than that at an epoch's end is skipped, so a
+    step's data depends only on its number.
+    """
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, steps_per_epoch)
+        group: list[ViewBatch] = []
+        for batch in loader.epoch_batches(epoch, offset * accum):
+            group.append(batch)
+            if len(group) == accum:
+                yield step, group
+                step += 1
+                group = []
+                if step % steps_per_epoch == 0:
+                    break
+        else:
+            raise RuntimeError(
+                f"the loader ended epoch {epoch} after fewer than its {steps_per_epoch} steps"
+            )
+
+
+def optimizer_step(
+    engine: Engine, model: nn.Module, micro_batches: Iterable[list[torch.Tensor]], accum: int
+) -> list[StepOutput]:
+    """One optimizer step: forward and backward over ``accum`` micro-batches of views, then update.
+
+    ``micro_batches`` may be a generator, so each micro-batch is made (and
+    augmented) just before its forward pass. This is the whole training step;
+    ``bench/train_step.py`` times it against the same step in plain torch.
+    """
+    outputs = []
+    for i, views in enumerate(micro_batches):
+        with engine.sync_context(last=i == accum - 1):
+            with engine.autocast():
+                output = model(views)
+            engine.backward(output.loss)
+        outputs.append(output)
+    engine.step()
+    return outputs
+
+
+class Trainer:
+    """One pretraining run on one engine: built from the config, resumable, stoppable.
+
+    :meth:`run` is the loop; :meth:`step` one optimizer step; the logging
+    window, the NaN check, the stop agreement and the checkpoint decision are
+    methods of their own, so other loops (fine-tuning, distillation) reuse them.
+    """
+
+    def __init__(self, config: RunConfig, engine: Engine, run_dir: Path) -> None:
+        self.config, self.engine, self.run_dir = config, engine, run_dir
+        self.started = time.perf_counter()
+        seed_everything(config.train.seed)  # identical initial weights on every rank
+        model = build_model(config, distributed=engine.world_size > 1)
+        self.loader = build_train_loader(config, engine.rank, engine.world_size, engine.device)
+        self.augment = build_augment(config).to(engine.device)
+        self.accum = engine.grad_accum_steps
+        self.global_batch = config.data.batch_size * engine.world_size * self.accum
+        self.optimizer = build_optimizer(model, config.optim, self.global_batch)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = config.train.max_steps or config.train.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(
+            self.optimizer, config.optim, self.total_steps, self.steps_per_epoch
+        )
+        self.model = engine.setup(model, self.optimizer, channels_last=config.model.channels_last)
+        self.state = TrainState()
+        self.checkpoints = CheckpointManager(
+            run_dir / CHECKPOINT_DIR,
+            engine,
+            self.scheduler,
+            self.state,
+            Cadence(
+                every_steps=config.checkpoint.every_steps,
+                total_steps=self.total_steps,
+                keep_last=config.checkpoint.keep_last,
+                keep_every=config.checkpoint.keep_every,
+            ),
+            describe=self._checkpoint_meta,
+        )
+        self.last_loss: float | None = None
+        self.first_step = 0  # the step this start of the run began at
+        self.preview: torch.Tensor | None = None  # the images reconstructions are drawn for
+        self.monitor: Monitor | None = None
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.loader.steps_per_epoch // self.accum
+        if steps == 0:
+            raise TrainingError(
+                f"an epoch has {self.loader.steps_per_epoch} batches, fewer than "
+                f"train.grad_accum_steps={self.accum}; lower train.grad_accum_steps or "
+                "data.batch_size"
+            )
+        return steps
+
+    def _checkpoint_meta(self) -> dict[str, object]:
+        return {
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.global_batch,
+            "samples_seen": self.state.step * self.global_batch,
+            "loss": self.last_loss,
+        }
+
+    def resume(self, path: Path) -> None:
+        self.checkpoints.load(path)
+        log.info(
+            "resuming from checkpoint %s at step %d/%d (epoch %d)",
+            path, self.state.step, self.total_steps, self.state.step // self.steps_per_epoch,
+        )  # fmt: skip
+
+    def _log_start(self) -> None:
+        config, engine = self.config, self.engine
+        log.info(
+            "training %s/%s on %s: %d steps (%d per epoch), batch %d x %d process(es) x %d "
+            "accumulation, peak lr %.4g, %s on %s, engine %s",
+            config.method.name, config.model.backbone, config.data.dataset, self.total_steps,
+            self.steps_per_epoch, config.data.batch_size, engine.world_size, self.accum,
+            peak_lr(config.optim, self.global_batch), config.train.precision, engine.device,
+            engine.name,
+        )  # fmt: skip
+
+    def run(self, resume_from: Path | None = None) -> TrainResult:
+        """Train from the checkpoint ``resume_from`` (or the start) to the end or a stop signal."""
+        if resume_from is not None:
+            self.resume(resume_from)
+        resumed_from_step = self.state.step if resume_from is not None else None
+        self._log_start()
+        self.first_step = self.state.step
+        throughput = Throughput(
+            _step_flops(self.config, self.accum), self.engine.device, self.config.train.peak_tflops
+        )
+        self.monitor = Monitor(
+            self.run_dir, self.total_steps, self.state.step, self.global_batch,
+            enabled=self.engine.is_main, throughput=throughput,
+        )  # fmt: skip
+        stop = StopRequest().install()
+        stopped_by: str | None = None
+        try:
+            steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
+            while self.state.step < self.total_steps:
+                self.step(*next(steps))
+                stopping = self.engine.any_rank(bool(stop))
+                self.checkpoints.save(self.state.step, force=stopping)
+                if stopping:
+                    stopped_by = stop.received or "a signal to another rank"
+                    break
+        finally:
+            stop.uninstall()
+            self.monitor.close()
+        return self._result(resumed_from_step, stopped_by)
+
+    def step(self, step: int, micro_batches: list[ViewBatch]) -> None:
+        """One optimizer step over ``micro_batches``, then images and logging when due."""
+        assert step == self.state.step and self.monitor is not None
+        lr = self.optimizer.param_groups[0]["lr"]
+        views = self._augmented(step, micro_batches)
+        for output in optimizer_step(self.engine, self.model, views, self.accum):
+            self.monitor.record(output.loss, output.metrics)
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.epoch = self.state.step // self.steps_per_epoch
+        self.monitor.advance()
+        self._maybe_log_images()
+        if self._at(self.config.train.log_every):
+            self._log_window(lr)
+
+    def _at(self, every: int) -> bool:
+        """True every ``every`` steps and at the last step."""
+        return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    def _augmented(self, step: int, micro_batches: list[ViewBatch]) -> Iterator[list[torch.Tensor]]:
+        """Each micro-batch on the device and augmented, just before its forward pass."""
+        engine, data, seed = self.engine, self.config.data, self.config.train.seed
+        for i, batch in enumerate(micro_batches):
+            views = [v.to(engine.device, non_blocking=True) for v in batch.views]
+            views = self.augment(views, seed=derive_seed(seed, engine.rank, step, i))
+            if step == self.first_step and i == 0:
+                assert self.monitor is not None
+                grid = augmentation_grid(views, data.mean, data.std)
+                self.monitor.add_image("train/augmentations", grid, step)
+                self.preview = views[0][:8].clone()
+            yield views
+
+    def _maybe_log_images(self) -> None:
+        model = self.engine.unwrap()
+        if self.preview is None or not can_reconstruct(model):
+            return
+        if self._at(self.config.train.image_every):
+            assert self.monitor is not None
+            data = self.config.data
+            with self.engine.autocast():
+                log_reconstructions(
+                    self.monitor, model, self.preview, self.state.step, data.mean, data.std
+                )
+
+    def _log_window(self, lr: float) -> None:
+        """Average the window over ranks, refuse a non-finite loss, log it."""
+        assert self.monitor is not None
+        window = self.monitor.take_window()
+        reduced = self.engine.reduce_mean(torch.stack(list(window.values())).float())
+        means = dict(zip(window, reduced.tolist(), strict=True))
+        self.last_loss = means["loss"]
+        self._check_finite(self.last_loss)
+        self.monitor.log(self.state.step, means, lr)
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} at step {self.state.step}; lower "
+                "optim.base_lr, set optim.clip_grad_norm, or use train.precision=fp32 "
+                f"(the last good checkpoint is in {self.checkpoints.directory})"
+            )
+
+    def _result(self, resumed_from_step: int | None, stopped_by: str | None) -> TrainResult:
+        step, total = self.state.step, self.total_steps
+        if stopped_by:
+            log.info(
+                "stopped by %s at step %d/%d; the checkpoint is saved: run the same command "
+                "to resume",
+                stopped_by, step, total,
+            )  # fmt: skip
+        else:
+            _finish(self.config, self.engine, self.run_dir, step, total, self.last_loss,
+                    self.started)  # fmt: skip
+        assert self.monitor is not None
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=step,
+            total_steps=total,
+            resumed_from_step=resumed_from_step,
+            final_loss=self.last_loss if self.last_loss is not None else self.monitor.last_loss,
+            stopped_by=stopped_by,
+        )
+
+
+def _step_flops(config: RunConfig, accum: int) -> float | None:
+    """FLOPs of one optimizer step on one process (all its micro-batches)."""
+    size, views = config.data.image_size, config.augment.num_views
+    with torch.random.fork_rng(devices=[]):  # counting must not consume training's RNG
+        flops = count_step_flops(
+            lambda: build_model(config),
+            lambda device: (
+                [torch.zeros(config.data.batch_size, 3, size, size, device=device)] * views
+            ),
+        )
+    return None if flops is None else flops * accum
+
+
+def _finish(
+    config: RunConfig,
+    engine: Engine,
+    run_dir: Path,
+    step: int,
+    total_steps: int,
+    last_loss: float | None,
+    started: float,
+) -> None:
+    """Export the final backbone and a summary of the run (the main process writes)."""
+    state = engine.full_model_state()  # collective: every rank takes part
+    if not engine.is_main:
+        return
+    trunk = {
+        k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
+    }
+    info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, step)
+    save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+    summary = {
+        "step": step,
+        "total_steps": total_steps,
+        "final_loss": last_loss,
+        "engine": engine.name,
+        "world_size": engine.world_size,
+        "seconds_this_start": round(time.perf_counter() - started, 1),
+        "backbone": asdict(info) | {"run_dir": str(run_dir)},
+    }
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
+    log.info("finished %d steps; backbone weights in %s", step, run_dir / BACKBONE_FILE)

@@ -1,0 +1,68 @@
+"""Logging set-up for every entry point: stderr for people, ``train.log`` in the run directory.
+
+All of selfsup logs under the ``selfsup`` logger. In a job of several
+processes only rank 0 speaks at INFO; the others report problems only.
+No torch import here, so the CLI can set up logging before any command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+LOGGER = "selfsup"
+CONSOLE_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+# torchrun sets RANK, srun SLURM_PROCID; the first one present wins.
+RANK_VARIABLES = ("RANK", "SLURM_PROCID")
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's global rank under torchrun or srun; 0 when launched alone."""
+    environ = os.environ if environ is None else environ
+    for variable in RANK_VARIABLES:
+        value = environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def log_to_stderr(quiet: bool = False, replace: bool = True) -> None:
+    """selfsup's lines on stderr: INFO on rank 0 (WARNING with ``quiet`` or on other ranks).
+
+    ``replace=False`` keeps handlers someone installed already (a SLURM task
+    started from a CLI process that set them up).
+    """
+    logger = logging.getLogger(LOGGER)
+    if logger.handlers and not replace:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CONSOLE_FORMAT)
+    handler.setLevel(logging.WARNING if quiet or process_rank() != 0 else logging.INFO)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # the run's log file keeps INFO lines even when quiet
+    logger.propagate = False
+
+
+@contextmanager
+def log_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Copy selfsup's INFO lines into ``path`` (appending across restarts) while the block runs."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(FILE_FORMAT)
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger(LOGGER)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,80 @@
+"""What every self-supervised method has: a config dataclass, a registry entry, a builder.
+
+A method is a module built around a backbone whose ``forward(views)``
+returns a :class:`~selfsup.ssl.outputs.StepOutput`. It declares its options
+as a dataclass derived from :class:`MethodConfig`, beside its class, and
+registers both with :func:`register_method` (solo-learn's pattern: each
+method owns its config and its checks). The run config's ``method:``
+section *is* the chosen method's dataclass, so a new option is one field in
+the method's own file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from torch import nn
+
+from selfsup.registry import Registry
+from selfsup.ssl.arguments import ArgumentError
+from selfsup.ssl.backbones import Backbone
+
+
+@dataclass
+class MethodConfig:
+    """Options shared by every method; subclasses add their own fields."""
+
+    name: str = "simclr"
+
+    def check(self, context: BuildContext) -> None:
+        """Refuse options that cannot work (``ArgumentError`` naming the field)."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method may need to know beyond its own options."""
+
+    image_size: int
+    num_views: int = 2
+    distributed: bool = False  # several processes: losses gather across ranks
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config: type[MethodConfig]
+    build: Callable[[Backbone, MethodConfig, BuildContext], nn.Module]
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
+
+
+def register_method(name: str, config: type[MethodConfig]) -> Callable[[ModuleT], ModuleT]:
+    """Class decorator: register a method class (with a ``from_config`` classmethod)."""
+    if config.name != name:
+        raise ValueError(f"{config.__name__}.name defaults to {config.name!r}, not {name!r}")
+
+    def decorate(cls: ModuleT) -> ModuleT:
+        METHODS.register(name, MethodSpec(name, config, cls.from_config))  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def check_ratio(value: float, argument: str) -> None:
+    """A share strictly between 0 and 1 (mask ratios)."""
+    if not 0.0 < value < 1.0:
+        raise ArgumentError(
+            f"{argument} must be strictly between 0 and 1 (the share of patches hidden), "
+            f"got {value}",
+            argument,
+        )
+
+
+def check_positive(value: float, argument: str) -> None:
+    if not value > 0:  # also refuses NaN
+        raise ArgumentError(f"{argument} must be positive, got {value}", argument)

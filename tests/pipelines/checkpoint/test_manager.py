@@ -1,0 +1,209 @@
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.errors import CheckpointError
+from selfsup.pipelines.checkpoint.folders import find_latest, list_checkpoints, read_meta
+from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
+from selfsup.pipelines.config import OptimConfig
+from selfsup.pipelines.runtime.engines import Engine, cpu_engine
+from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class Setup:
+    """A small model with AdamW and a schedule, set up on a CPU engine."""
+
+    engine: Engine
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def train(self, steps: int) -> None:
+        for _ in range(steps):
+            self.engine.backward(self.model(torch.randn(8, 4)).pow(2).mean())
+            self.engine.step()
+            self.scheduler.step()
+
+
+def make(seed: int = 0, model: nn.Module | None = None, width: int = 8) -> Setup:
+    torch.manual_seed(seed)
+    model = model or nn.Sequential(
+        nn.Linear(4, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 2)
+    )
+    optimizer = build_optimizer(model, OptimConfig(name="adamw", base_lr=0.01), 256)
+    scheduler = build_scheduler(
+        optimizer, OptimConfig(warmup_epochs=1), total_steps=20, steps_per_epoch=4
+    )
+    engine = cpu_engine()
+    engine.setup(model, optimizer)
+    return Setup(engine, model, optimizer, scheduler)
+
+
+def manager_for(directory, setup: Setup, **cadence) -> CheckpointManager:
+    return CheckpointManager(
+        directory, setup.engine, setup.scheduler, TrainState(), Cadence(**cadence)
+    )
+
+
+def save(directory, setup: Setup, step: int, **cadence):
+    manager = manager_for(directory, setup, **cadence)
+    manager.state.step, manager.state.epoch = step, step // 4
+    return manager.save(step, force=True)
+
+
+def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path):
+    a = make()
+    a.train(5)
+    random.seed(42)
+    path = save(tmp_path, a, 5)
+    expected_torch, expected_py = torch.rand(3), random.random()
+
+    b = make(seed=1)
+    assert manager_for(tmp_path, b).load(path) == TrainState(5, 1)
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    s1, s2 = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
+    assert b.scheduler.last_epoch == 5 and b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
+    assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
+    # Continuing both gives identical parameters.
+    torch.manual_seed(9)
+    a.train(2)
+    torch.manual_seed(9)
+    b.train(2)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True)
+    )
+
+
+def test_rng_files_load_weights_only(tmp_path):
+    path = save(tmp_path, make(), 1)
+    rng = torch.load(path / "rng_rank0.pt", weights_only=True)
+    assert set(rng) >= {"torch_cpu", "python"}
+
+
+def test_latest_pointer_and_layout(tmp_path):
+    setup = make()
+    for step in (2, 4):
+        save(tmp_path, setup, step, keep_last=5)
+    assert (tmp_path / "latest").read_text().strip() == "step_000000004"
+    meta = read_meta(tmp_path / "step_000000004")
+    assert meta["step"] == 4 and meta["engine"] == "single" and meta["world_size"] == 1
+    assert find_latest(tmp_path) == tmp_path / "step_000000004"
+
+
+def test_unfinished_and_stale_entries_are_ignored(tmp_path):
+    setup = make()
+    save(tmp_path, setup, 2, keep_last=5)
+    save(tmp_path, setup, 4, keep_last=5)
+    # A crash mid-write leaves a temporary folder; one after the rename leaves a stale pointer.
+    (tmp_path / ".step_000000006.tmp").mkdir()
+    (tmp_path / "latest").write_text("step_000000002\n")
+    assert find_latest(tmp_path) == tmp_path / "step_000000004"
+    (tmp_path / "latest").write_text("step_000000099\n")
+    assert find_latest(tmp_path) == tmp_path / "step_000000004"
+    # A folder without meta.json (killed before the rename) never counts.
+    (tmp_path / "step_000000008").mkdir()
+    assert find_latest(tmp_path) == tmp_path / "step_000000004"
+    save(tmp_path, setup, 6, keep_last=5)
+    assert not (tmp_path / ".step_000000006.tmp").exists()
+
+
+def test_retention_keeps_last_n_and_every_kth(tmp_path):
+    setup = make()
+    for step in range(1, 8):
+        save(tmp_path, setup, step, keep_last=2, keep_every=4)
+    assert [int(p.name[5:]) for p in list_checkpoints(tmp_path)] == [4, 6, 7]
+
+
+def test_other_model_is_refused_with_the_differing_keys(tmp_path):
+    path = save(tmp_path, make(width=8), 1)
+    other = make(width=16)
+    with pytest.raises(
+        CheckpointError, match=r"different shapes: .*0.weight \(8, 4\) in checkpoint vs \(16, 4\)"
+    ):
+        manager_for(tmp_path, other).load(path)
+    bigger = make(model=nn.Sequential(*make().model, nn.Linear(2, 2)))
+    with pytest.raises(CheckpointError, match="missing from checkpoint: 4.bias, 4.weight"):
+        manager_for(tmp_path, bigger).load(path)
+
+
+def test_not_a_checkpoint_and_corrupt_meta(tmp_path):
+    with pytest.raises(CheckpointError, match="not a selfsup checkpoint"):
+        read_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_meta(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CheckpointError, match="has format 'other'"):
+        read_meta(tmp_path)
+
+
+def test_missing_and_truncated_shards_are_named(tmp_path):
+    setup = make()
+    path = save(tmp_path, setup, 1)
+    shard = next(path.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:100])
+    fresh = make()
+    with pytest.raises(CheckpointError, match=f"truncated shard file\\(s\\) {shard.name}"):
+        manager_for(tmp_path, fresh).load(path)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"missing shard file\\(s\\) {shard.name}"):
+        manager_for(tmp_path, fresh).load(path)
+
+
+def test_corrupt_tensor_bytes_are_reported(tmp_path):
+    path = save(tmp_path, make(), 1)
+    shard = next(path.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[:64] = b"\x00" * 64  # same length, garbage content
+    shard.write_bytes(bytes(data))
+    fresh = make()
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        manager_for(tmp_path, fresh).load(path)
+
+
+def test_deepspeed_checkpoint_is_refused_by_a_dcp_engine(tmp_path):
+    path = save(tmp_path, make(), 1)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(meta | {"engine": "deepspeed"}))
+    fresh = make()
+    with pytest.raises(CheckpointError, match="written by the DeepSpeed engine; resume it with"):
+        manager_for(tmp_path, fresh).load(path)
+
+
+def test_the_manager_decides_the_cadence_and_saves_a_step_once(tmp_path):
+    setup = make()
+    manager = manager_for(tmp_path, setup, every_steps=3, total_steps=7)
+    saved = []
+    for step in range(1, 8):
+        manager.state.step = step
+        if manager.save(step) is not None:
+            saved.append(step)
+    assert saved == [3, 6, 7]  # every 3 steps and the last one
+    assert manager.save(7, force=True) is None  # already saved: not written twice
+    manager.state.step = 8
+    assert manager.save(8) is None and manager.save(8, force=True) is not None
+
+
+def test_the_scheduler_is_restored_through_load_state_dict(tmp_path, monkeypatch):
+    a = make()
+    a.train(3)
+    path = save(tmp_path, a, 3)
+    b = make()
+    calls = []
+    original = type(b.scheduler).load_state_dict
+    monkeypatch.setattr(
+        type(b.scheduler),
+        "load_state_dict",
+        lambda self, state: calls.append(state) or original(self, state),
+    )
+    manager_for(tmp_path, b).load(path)
+    assert calls and calls[0]["last_epoch"] == 3
+    assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
