@@ -28,10 +28,12 @@ class SimCLRConfig(MethodConfig):
     temperature: float = 0.5  # NT-Xent temperature
     proj_hidden_dim: int | None = None  # None: the backbone's feature dimension
     proj_output_dim: int = 128
+    proj_num_layers: int = 2  # linear layers in the head; SimCLR v2 uses 3
 
     def check(self, context: BuildContext) -> None:
         check_positive(self.temperature, "temperature")
         check_positive(self.proj_output_dim, "proj_output_dim")
+        check_positive(self.proj_num_layers, "proj_num_layers")
         if context.num_views < 2:
             raise ArgumentError(
                 f"num_views must be >= 2 for SimCLR, got {context.num_views}", "num_views"
@@ -49,12 +51,15 @@ class SimCLR(nn.Module):
         proj_output_dim: int = 128,
         temperature: float = 0.5,
         gather_distributed: bool = False,
+        proj_num_layers: int = 2,
     ) -> None:
         super().__init__()
         check_positive(temperature, "temperature")
         self.backbone = backbone
         hidden = proj_hidden_dim or backbone.feature_dim
-        self.projection_head = SimCLRProjectionHead(backbone.feature_dim, hidden, proj_output_dim)
+        self.projection_head = SimCLRProjectionHead(
+            backbone.feature_dim, hidden, proj_output_dim, num_layers=proj_num_layers
+        )
         # gather_distributed: negatives come from every rank's batch, as in the paper.
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
 
@@ -67,6 +72,7 @@ class SimCLR(nn.Module):
             proj_output_dim=config.proj_output_dim,
             temperature=config.temperature,
             gather_distributed=context.distributed,
+            proj_num_layers=config.proj_num_layers,
         )
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:

@@ -67,3 +67,11 @@ def test_the_config_checks_its_own_options():
         SimCLRConfig(temperature=0.0).check(BuildContext(image_size=32))
     with pytest.raises(ValueError, match="num_views must be >= 2"):
         SimCLRConfig().check(BuildContext(image_size=32, num_views=1))
+
+
+def test_projection_head_depth_is_an_option():
+    deep = build_method(build_backbone("resnet18"), SimCLRConfig(proj_num_layers=3))
+    linear_layers = [m for m in deep.projection_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear_layers) == 3
+    with pytest.raises(ValueError, match="proj_num_layers must be positive"):
+        SimCLRConfig(proj_num_layers=0).check(BuildContext(image_size=32))
