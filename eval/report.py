@@ -191,15 +191,45 @@ def load_report(run_dir: Path) -> dict[str, Any]:
     from selfsup.errors import SelfsupError
 
     path = run_dir / REPORT_JSON if run_dir.is_dir() else run_dir
+    if run_dir.is_dir() and not (run_dir / CONFIG_FILE).is_file():
+        raise SelfsupError(
+            f"{run_dir} is not a selfsup run directory (no {CONFIG_FILE}); pass run directories "
+            "written by `selfsup train`"
+        )
     if not path.is_file():
         raise SelfsupError(f"{path} not found; run `selfsup probe {run_dir}` first")
     try:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SelfsupError(f"{path} is not valid JSON ({exc}); run `selfsup probe` again") from exc
-    if report.get("format") != FORMAT:
-        raise SelfsupError(f"{path} is not a selfsup report")
+    if not _is_report(report):
+        raise SelfsupError(
+            f"{path} is not a selfsup report (wrong format or shape); run `selfsup probe "
+            f"{run_dir}` again to rewrite it"
+        )
     return report
+
+
+def _is_report(report: Any) -> bool:
+    """The shape :func:`comparison` reads: a format tag, the backbone and per-dataset scores."""
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        return False
+    probe = report.get("probe")
+    if not isinstance(probe, dict) or not isinstance(probe.get("results"), list):
+        return False
+    backbone = probe.get("backbone")
+    if not isinstance(backbone, dict) or not {"name", "origin"} <= set(backbone):
+        return False
+    return all(_is_result(r) for r in probe["results"])
+
+
+def _is_result(result: Any) -> bool:
+    trained = result.get("trained") if isinstance(result, dict) else None
+    return (
+        isinstance(trained, dict)
+        and "dataset" in result
+        and all(isinstance(trained.get(k), (int, float)) for k in ("linear_top1", "knn_top1"))
+    )
 
 
 def comparison(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

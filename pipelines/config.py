@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -133,6 +134,9 @@ class CheckpointConfig:
     keep_last: int = 2
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
     resume: bool = True  # resume automatically when the run directory holds a checkpoint
+    # resume=false in a run directory with checkpoints: move the old run aside
+    # (into replaced-<time>/) instead of refusing (`selfsup train --overwrite`).
+    overwrite: bool = False
 
 
 @dataclass
@@ -356,7 +360,7 @@ def validate(config: RunConfig) -> None:
                 f"config key '{key}' is '{value}'{did_you_mean(str(value), allowed)}; "
                 f"valid values: {', '.join(allowed)}"
             )
-    positive = {
+    positive: dict[str, float] = {
         "data.image_size": config.data.image_size,
         "data.batch_size": config.data.batch_size,
         "augment.num_views": config.augment.num_views,
@@ -368,9 +372,18 @@ def validate(config: RunConfig) -> None:
         "train.grad_accum_steps": config.train.grad_accum_steps,
         "probe.knn_k": config.probe.knn_k,
     }
+    positive |= {  # floats: NaN and infinity refused too (NaN fails every comparison)
+        "probe.lr": config.probe.lr,
+        "probe.knn_temperature": config.probe.knn_temperature,
+    }
     for key, value in positive.items():
-        if value <= 0:
+        if not 0 < value < math.inf:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    # A learning rate of 0 is allowed (a frozen run, to check a pipeline), never below.
+    if not 0 <= config.optim.base_lr < math.inf:
+        raise ConfigError(
+            f"config key 'optim.base_lr' must be a finite number >= 0, got {config.optim.base_lr}"
+        )
     if config.train.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(
             f"config key 'train.zero_stage' must be 0-3, got {config.train.zero_stage}"
@@ -429,6 +442,11 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     recipe = OmegaConf.create(raw)
     if base is None:
         return recipe
+    if not str(base).endswith((".yaml", ".yml")):
+        raise ConfigError(
+            f"{BASE_KEY} in {path} is {str(base)[:80]!r}; it names another recipe, a .yaml file "
+            "(for example _base_: simclr_resnet18_cifar10.yaml)"
+        )
     base_cfg = _read_recipe(path.parent / str(base), (*seen, path))
     if _chosen_method([(recipe, "")], None) not in (None, _chosen_method([(base_cfg, "")], None)):
         # Another method than the base's: the base's method options do not apply.
@@ -479,7 +497,8 @@ def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
             ) from exc
         hint = closest_key(key, _dict_keys(base))
         suggestion = f"; did you mean '{hint}'?" if hint else ""
-        raise ConfigError(f"unknown config key '{key}' (from {source}){suggestion}") from exc
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        raise ConfigError(f"unknown config key '{shown}' (from {source}){suggestion}") from exc
     except ValidationError as exc:
         if not exc.full_key:  # a whole section replaced by a scalar, e.g. ``data=3``
             raise ConfigError(f"cannot apply {source}: {one_line(exc)}") from exc

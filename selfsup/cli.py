@@ -46,9 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="pretrain a backbone (resumes automatically)")
-    train.add_argument("config", help="recipe YAML, e.g. configs/demo.yaml")
+    train.add_argument("config", nargs="?", help="recipe YAML, e.g. configs/demo.yaml")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     train.add_argument("--data", help="dataset folder (sets data.path)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with checkpoint.resume=false: move an earlier run in the run directory aside",
+    )
     train.set_defaults(func=cmd_train)
 
     probe = commands.add_parser("probe", help="linear probe + kNN of a pretrained backbone")
@@ -101,15 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect_ckpt.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
     inspect_ckpt.set_defaults(func=cmd_checkpoint_inspect)
+    verify = checkpoint_commands.add_parser(
+        "verify", help="check every file of a checkpoint against its sizes and SHA-256"
+    )
+    verify.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
+    verify.set_defaults(func=cmd_checkpoint_verify)
     export = checkpoint_commands.add_parser(
         "export",
         help="write the backbone as a weights-only .pt (any engine)",
         description="Consolidate the backbone weights of a checkpoint (single, DDP or DeepSpeed "
-        "ZeRO 1-3) into one file that loads with torch.load(weights_only=True); probe and "
-        "fine-tune accept it.",
+        "ZeRO 1-3) into one file that loads with torch.load(weights_only=True); `selfsup probe` "
+        "accepts it. OUT must not exist (--force replaces it).",
     )
     export.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
     export.add_argument("out", help="output file, e.g. backbone.pt")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=cmd_checkpoint_export)
     checkpoint.set_defaults(func=lambda args: _print_help(checkpoint))
 
@@ -172,13 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from selfsup.errors import ConfigError
     from selfsup.logs import process_rank
     from selfsup.pipelines.config import load_config
     from selfsup.pipelines.train.trainer import train
 
+    if args.config is None:
+        raise ConfigError(
+            "selfsup train needs a recipe: selfsup train CONFIG.yaml [key=value ...] (recipes "
+            "are in configs/, e.g. configs/demo.yaml)"
+        )
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={args.data}")
+    if args.overwrite:
+        overrides.append("checkpoint.overwrite=true")
     result = train(load_config(args.config, overrides))
     if result.stopped_by:
         return EXIT_INTERRUPTED
@@ -251,14 +270,22 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
     from selfsup.pipelines.checkpoint.tools import inspect_checkpoint
 
-    print("\n".join(inspect_checkpoint(args.path).lines()))
+    summary = inspect_checkpoint(args.path)
+    print("\n".join(summary.lines()))
+    return 0 if summary.intact else 1
+
+
+def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.checkpoint.tools import verify_checkpoint
+
+    print(verify_checkpoint(args.path))
     return 0
 
 
 def cmd_checkpoint_export(args: argparse.Namespace) -> int:
     from selfsup.pipelines.checkpoint.tools import export_backbone
 
-    info = export_backbone(args.path, args.out)
+    info = export_backbone(args.path, args.out, force=args.force)
     print(
         f"wrote {args.out}: {info.name} backbone ({info.source}) from {info.origin}, "
         f"step {info.step}"

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.errors import ConfigError, did_you_mean, one_line
@@ -51,6 +51,19 @@ def find_profile(name_or_path: str) -> Path:
     )
 
 
+def _read_profile(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml's errors, reported as one line
+        raise ConfigError(f"cluster profile {path} is not valid YAML: {one_line(exc)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(
+            f"cluster profile {path} must hold a mapping of settings (partition: ..., nodes: ...), "
+            "not a list or a single value"
+        )
+    return loaded
+
+
 def load_profile(
     name_or_path: str | None, overrides: dict[str, Any] | None = None
 ) -> ClusterProfile:
@@ -58,8 +71,7 @@ def load_profile(
     merged = OmegaConf.structured(ClusterProfile)
     try:
         if name_or_path:
-            path = find_profile(name_or_path)
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _read_profile(find_profile(name_or_path)))
         updates = {k: v for k, v in (overrides or {}).items() if v is not None}
         merged = OmegaConf.merge(merged, OmegaConf.create(updates))
     except OmegaConfBaseException as exc:

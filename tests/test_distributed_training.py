@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.payloads import poison_zip_pickle
 
 from selfsup.errors import CheckpointError
 from selfsup.eval.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.manifest import write_manifest
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import cpu_engine
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
@@ -37,12 +40,14 @@ ENGINES = {
         "train.zero_stage=2",
         "optim.name=adamw",
         "optim.base_lr=0.001",
+        "model.channels_last=true",  # the default, which DeepSpeed must take as it is
     ],
     "deepspeed-zero3": [
         "train.engine=deepspeed",
         "train.zero_stage=3",
         "optim.name=adamw",
         "optim.base_lr=0.001",
+        "model.channels_last=true",  # the default, which DeepSpeed must take as it is
     ],
 }
 
@@ -274,3 +279,26 @@ def test_deepspeed_zero3_export_matches_the_runs_own_backbone(base, tmp_path, ca
         assert torch.equal(exported.eval()(x), written.eval()(x))
     assert main(["checkpoint", "inspect", str(run)]) == 0
     assert "deepspeed (ZeRO stage 3), written by 2 process(es)" in capsys.readouterr().out
+    # A tampered DeepSpeed file (manifest rewritten to match) is refused by every
+    # reader before DeepSpeed's own loader (weights_only=False) could unpickle it.
+    latest = find_latest(run / "checkpoints")
+    sentinel = tmp_path / "PAYLOAD_RAN"
+    model_states = "mp_rank_00_model_states.pt"
+    for name in (model_states, "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+        shutil.copy(latest / name, tmp_path / name)
+        poison_zip_pickle(latest / name, sentinel)
+        write_manifest(latest)
+        for args in (
+            ["checkpoint", "inspect", str(run)],
+            ["checkpoint", "verify", str(run)],
+            ["checkpoint", "export", str(run), str(tmp_path / "again.pt")],
+        ):
+            assert main(args) == 2, args
+            assert f"refusing {latest / name}: it carries code" in capsys.readouterr().err
+        shutil.copy(tmp_path / name, latest / name)
+    poison_zip_pickle(latest / model_states, sentinel)
+    write_manifest(latest)
+    resume = launch(2, [*base, *ENGINES["deepspeed-zero3"], f"run_dir={run}", "train.max_steps=3"])
+    _, err = resume.communicate(timeout=600)
+    assert resume.returncode != 0 and f"refusing {latest / model_states}: it carries code" in err
+    assert not sentinel.exists()

@@ -8,6 +8,8 @@ checkpoint belongs to another model.
 
 from __future__ import annotations
 
+import io
+import pickle
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +18,19 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 
+from selfsup import safe_pickle
 from selfsup.errors import CheckpointError, one_line
+from selfsup.pipelines.checkpoint.untrusted import carries_code, refused_global
+from selfsup.safe_pickle import CodeInPickle
 
 # DCP reports read failures as CheckpointException, which derives from BaseException.
 DCP_ERRORS = (Exception, CheckpointException)
+METADATA_FILE = ".metadata"
 
 
 @contextmanager
@@ -64,11 +73,131 @@ def stored_keys(path: Path) -> dict[str, Any]:
 def read_dcp_metadata(path: Path) -> Any:
     """The DCP index (``.metadata``) of a checkpoint folder, or a CheckpointError naming it."""
     try:
-        return dcp.FileSystemReader(str(path)).read_metadata()
+        return SafeFileSystemReader(path).read_metadata()
+    except CodeInPickle as exc:
+        raise carries_code(path / METADATA_FILE, exc) from None
     except Exception as exc:
         raise CheckpointError(
             f"{path} has no readable DCP index (.metadata): {one_line(exc)}"
         ) from exc
+
+
+# What DCP's index pickles: its own metadata dataclasses, torch sizes, dtypes
+# and layouts, paths. Nothing else may be rebuilt from a .metadata file.
+_DCP_METADATA_CLASSES = {
+    "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+    "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+}  # fmt: skip
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": _DCP_METADATA_CLASSES,
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+def _metadata_allowed(module: str, name: str) -> bool:
+    if name in _METADATA_GLOBALS.get(module, ()):
+        return True
+    # torch.Size, torch.float32, ... : a dtype, layout or memory format by name
+    kinds = (torch.dtype, torch.layout, torch.memory_format)
+    return module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), kinds))
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's reader, with the index read through an allowlist instead of ``pickle.load``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with (Path(self.path) / METADATA_FILE).open("rb") as fh:
+            metadata = safe_pickle.load(fh, _metadata_allowed)
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{self.path}/{METADATA_FILE} is not a DCP index")
+        storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
+        storage_meta.load_id = self.load_id
+        metadata.storage_meta = storage_meta
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, but non-tensor entries load with ``weights_only=True`` (it uses False)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        # DefaultLoadPlanner.load_bytes with weights_only=True; the rest as there.
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            code = refused_global(exc)
+            if code is None:
+                raise  # damaged bytes, not code: reported as a corrupt checkpoint
+            raise code from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def check_byte_entries(path: Path) -> int:
+    """Read every non-tensor entry of a DCP checkpoint the safe way; how many there were.
+
+    Refuses (one line) an entry that carries code: what :func:`load_into`
+    would refuse, found without a model to load into.
+    """
+    metadata = read_dcp_metadata(path)
+    count = 0
+    for index, info in metadata.storage_data.items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        with (path / info.relative_path).open("rb") as fh:
+            fh.seek(info.offset)
+            entry = io.BytesIO(fh.read(info.length))
+        try:
+            torch.load(entry, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            code = refused_global(exc)
+            if code is not None:
+                raise carries_code(path / info.relative_path, code) from None
+            raise CheckpointError(
+                f"{path / info.relative_path} holds a damaged entry ({index.fqn}); delete the "
+                "checkpoint to resume from the one before"
+            ) from None
+        count += 1
+    return count
+
+
+def load_into(state: dict[str, Any], path: Path) -> None:
+    """``dcp.load`` of ``path`` into ``state`` in place; nothing in the folder can run code.
+
+    A refused pickle, a read failure or corrupt bytes end in one
+    :class:`CheckpointError` naming the folder.
+    """
+    with quiet_dcp():
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+        except CodeInPickle as exc:
+            raise carries_code(path, exc) from None
+        except DCP_ERRORS as exc:
+            code = _code_in(exc)
+            if code is not None:
+                raise carries_code(path, code) from None
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({describe_dcp_error(exc)}); it is incomplete "
+                "or corrupt: delete it to resume from the one before"
+            ) from exc
+
+
+def _code_in(exc: BaseException) -> CodeInPickle | None:
+    """The refused pickle behind a DCP failure (DCP wraps every rank's error), if any."""
+    if isinstance(exc, CheckpointException):
+        for failure in exc.failures.values():
+            error = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(error, CodeInPickle):
+                return error
+    cause = exc.__cause__ or exc.__context__
+    return _code_in(cause) if isinstance(cause, BaseException) and cause is not exc else None
 
 
 def check_model_keys(path: Path, model_sd: dict[str, Any], stored: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 FORMAT = "selfsup.checkpoint/1"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
+REQUIRED_META = ("step", "epoch", "world_size")
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 
 
@@ -46,6 +47,12 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is corrupt ({exc}); delete {path}") from exc
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in REQUIRED_META if not isinstance(meta.get(key), int)]
+    if missing:
+        raise CheckpointError(
+            f"{meta_path} lacks {', '.join(missing)} (or they are not integers): the checkpoint "
+            f"is damaged; delete {path} to resume from the one before"
+        )
     return meta
 
 
@@ -61,8 +68,10 @@ def find_latest(directory: Path) -> Path | None:
     """The newest complete checkpoint, trusting ``latest`` only if it points at one."""
     pointer = directory / LATEST_FILE
     if pointer.is_file():
-        target = directory / pointer.read_text().strip()
-        if STEP_DIR.match(target.name) and is_complete(target):
+        name = pointer.read_text(errors="replace").strip()
+        target = directory / name
+        # Only a step folder of this directory: never ../other_run/... or an absolute path.
+        if STEP_DIR.match(name) and is_complete(target):
             newest = list_checkpoints(directory)
             # A crash between the rename and the pointer update leaves a newer
             # complete checkpoint than the pointer names: take the newer one.

@@ -7,6 +7,7 @@ Layout of a run's ``checkpoints/`` folder::
         __0_0.distcp ...     tensors, one file per writing rank
         (DeepSpeed: mp_rank_*_model_states.pt, zero_pp_rank_*_optim_states.pt)
         rng_rank0.pt ...     every rank's RNG states (weights-only files)
+        manifest.json        size and SHA-256 of every file above
         meta.json            step, epoch, world size, engine, scheduler position
     step_000001000/
     latest                   name of the newest complete checkpoint
@@ -27,6 +28,7 @@ the cadence itself (:meth:`CheckpointManager.save`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -37,8 +39,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from selfsup.atomic import fsync_dir, fsync_file, fsync_tree, write_atomic
+from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint.folders import (
     FORMAT,
     LATEST_FILE,
@@ -49,7 +53,9 @@ from selfsup.pipelines.checkpoint.folders import (
     step_dir_name,
     step_of,
 )
+from selfsup.pipelines.checkpoint.manifest import require_intact, write_manifest
 from selfsup.pipelines.checkpoint.rng import capture_rng, restore_rng, rng_file
+from selfsup.pipelines.checkpoint.untrusted import load_tensor_file
 
 if TYPE_CHECKING:  # engines import the DCP helpers of this room; this module only calls them
     from selfsup.pipelines.runtime.engines.base import Engine
@@ -88,6 +94,7 @@ class CheckpointManager:
         state: TrainState,
         cadence: Cadence | None = None,
         describe: Callable[[], dict[str, Any]] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
         self.engine = engine
@@ -95,6 +102,9 @@ class CheckpointManager:
         self.state = state
         self.cadence = cadence or Cadence()
         self.describe = describe or dict  # extra meta.json entries at save time
+        # Called on every rank before a checkpoint is written; raising stops the
+        # write (the trainer refuses non-finite weights this way).
+        self.before_write = before_write
         self.last_saved: int | None = None
 
     def latest(self) -> Path | None:
@@ -109,6 +119,8 @@ class CheckpointManager:
         if step == self.last_saved or not (force or self.due(step)):
             return None
         assert step == self.state.step, (step, self.state.step)
+        if self.before_write is not None:
+            self.before_write()
         path = self._write()
         self.last_saved = step
         return path
@@ -123,14 +135,20 @@ class CheckpointManager:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         engine.barrier()
-        engine.save_model_and_optimizer(tmp)
-        own_rng = rng_file(tmp, engine.rank)
-        torch.save(capture_rng(), own_rng)
-        fsync_file(own_rng)
-        engine.barrier()  # every rank's files are on disk
+        try:
+            engine.save_model_and_optimizer(tmp)
+            own_rng = rng_file(tmp, engine.rank)
+            torch.save(capture_rng(), own_rng)
+            fsync_file(own_rng)
+            engine.barrier()  # every rank's files are on disk
+            if engine.is_main:
+                write_manifest(tmp)  # before the commit marker: a complete checkpoint has one
+                (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=1))
+                fsync_tree(tmp)
+        except (OSError, CheckpointException) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the newest
+            raise self._write_failed(exc) from None
         if engine.is_main:
-            (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=1))
-            fsync_tree(tmp)
             if final.exists():  # the same step saved again (e.g. the final save)
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -140,6 +158,23 @@ class CheckpointManager:
             log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - started)
         engine.barrier()
         return final
+
+    def _write_failed(self, exc: BaseException) -> CheckpointError:
+        cause = _os_error_in(exc)
+        previous = list_checkpoints(self.directory)
+        if cause is not None and cause.errno == errno.ENOSPC:
+            needed = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
+            size = f"about {needed / 2**20:.0f} MiB, the size of the last one" if previous else ""
+            return CheckpointError(
+                f"no space left on device writing a checkpoint into {self.directory}"
+                + (f" (it needs {size})" if size else "")
+                + "; free space there or lower checkpoint.keep_last, then rerun to resume"
+                + (f" from {previous[-1]}" if previous else "")
+            )
+        return CheckpointError(
+            f"writing a checkpoint into {self.directory} failed ({one_line(cause or exc)}); "
+            "the previous checkpoint is untouched"
+        )
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -156,13 +191,14 @@ class CheckpointManager:
     def load(self, path: Path) -> TrainState:
         """Restore every object this manager was built with from ``path``; the position."""
         meta = read_meta(path)
+        require_intact(path)  # sizes against the manifest, before torch reads a byte
         engine = self.engine
         engine.load_model_and_optimizer(path, meta)
         engine.load_state_dict(meta.get("engine_state", {}))
         restore_scheduler_position(self.scheduler, meta["scheduler"])
         own_rng = rng_file(path, engine.rank)
         if meta.get("world_size") == engine.world_size and own_rng.is_file():
-            restore_rng(torch.load(own_rng, weights_only=True))
+            restore_rng(load_tensor_file(own_rng, "RNG state file"))
         else:
             log.warning(
                 "checkpoint %s was written by %s process(es), this run has %d: resharded; RNG "
@@ -210,3 +246,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind a failure (DCP wraps every rank's error in CheckpointException)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, CheckpointException):
+        for failure in exc.failures.values():
+            error = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(error, BaseException) and (found := _os_error_in(error)):
+                return found
+    cause = exc.__cause__ or exc.__context__
+    return _os_error_in(cause) if cause is not None and cause is not exc else None

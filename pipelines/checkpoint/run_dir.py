@@ -14,12 +14,15 @@ Layout::
 from __future__ import annotations
 
 import logging
+import re
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from selfsup.errors import ConfigError
 from selfsup.logs import log_to_file
+from selfsup.pipelines.checkpoint.folders import list_checkpoints
 from selfsup.pipelines.config import RunConfig, load_saved_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -51,12 +54,67 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def prepare_run_dir(config: RunConfig, resuming: bool, is_main: bool = True) -> Path:
-    """Create the run directory and save the config; refuse structural changes on resume."""
+# What a folder may hold before a run's first start: nothing, or the files
+# submitit writes into a SLURM job's folder (which is the run directory).
+SUBMITIT_FILE = re.compile(
+    r"^\d+(_\d+)*_(submitted\.pkl|submission\.sh|log\.out|log\.err|result\.pkl)$"
+    r"|^submission_file_\w+\.sh$"
+)
+# Files a run directory owns at its top level (nothing else may write them).
+RUN_DIR_FILES = (
+    CONFIG_FILE, LOG_FILE, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json", "loss.png",
+)  # fmt: skip
+# What a fresh start with checkpoint.overwrite moves aside.
+RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json")
+
+
+def check_run_dir(config: RunConfig, resuming: bool) -> None:
+    """Refuse to write into a folder that is not a run, or over a run not being resumed."""
     run_dir = config.resolved_run_dir()
-    saved_path = run_dir / CONFIG_FILE
-    if resuming and saved_path.is_file():
-        changes = config_changes(load_saved_config(saved_path), config)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file; choose a folder (run_dir=... or name=...)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        strangers = sorted(p.name for p in run_dir.iterdir() if not SUBMITIT_FILE.match(p.name))
+        if strangers:
+            shown = ", ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else "")
+            raise ConfigError(
+                f"run_dir {run_dir} exists and is not a selfsup run directory (it holds {shown} "
+                "and no config.yaml); choose a new or empty folder (run_dir=... or name=...)"
+            )
+        return
+    has_checkpoints = bool(list_checkpoints(run_dir / CHECKPOINT_DIR))
+    if has_checkpoints and not resuming and not config.checkpoint.overwrite:
+        raise ConfigError(
+            f"{run_dir} holds the checkpoints of an earlier run and checkpoint.resume=false would "
+            "start over in it: resume it (checkpoint.resume=true), choose a new run_dir, or pass "
+            "--overwrite to move the earlier run aside"
+        )
+
+
+def move_earlier_run_aside(run_dir: Path) -> Path | None:
+    """Move an earlier run's outputs into ``replaced-<time>/`` (a fresh start with overwrite)."""
+    present = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if not present:
+        return None
+    aside = run_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+    aside.mkdir()
+    for path in present:
+        path.rename(aside / path.name)
+    log.info("checkpoint.overwrite: moved the earlier run's outputs to %s", aside)
+    return aside
+
+
+def prepare_run_dir(config: RunConfig, resuming: bool, is_main: bool = True) -> Path:
+    """Check the run directory (see :func:`check_run_dir`) and create it; write nothing yet.
+
+    A resumed run of another architecture is refused here, before a file changes.
+    """
+    check_run_dir(config, resuming)
+    run_dir = config.resolved_run_dir()
+    if resuming and (run_dir / CONFIG_FILE).is_file():
+        changes = config_changes(load_saved_config(run_dir / CONFIG_FILE), config)
         structural = {k: v for k, v in changes.items() if k.split(".")[0] in STRUCTURAL_SECTIONS}
         if structural:
             listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in structural.items())
@@ -64,12 +122,27 @@ def prepare_run_dir(config: RunConfig, resuming: bool, is_main: bool = True) -> 
                 f"{run_dir} holds checkpoints of another model ({listed}); "
                 "use a new run directory (name=... or run_dir=...) or the original settings"
             )
-        for key, (old, new) in changes.items():
-            log.info("config changed since the checkpoint: %s %r -> %r", key, old, new)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, saved_path)
     return run_dir
+
+
+def commit_run_config(config: RunConfig, resuming: bool, is_main: bool = True) -> None:
+    """Once the run can start (its checkpoint loaded): log changes, save ``config.yaml``.
+
+    Called after a resume succeeded, so a refused checkpoint leaves the run
+    directory as it was; a fresh start with ``checkpoint.overwrite`` moves the
+    earlier run aside here.
+    """
+    run_dir = config.resolved_run_dir()
+    saved_path = run_dir / CONFIG_FILE
+    if resuming and saved_path.is_file():
+        for key, (old, new) in config_changes(load_saved_config(saved_path), config).items():
+            log.info("config changed since the checkpoint: %s %r -> %r", key, old, new)
+    if is_main:
+        if not resuming and config.checkpoint.overwrite:
+            move_earlier_run_aside(run_dir)
+        save_config(config, saved_path)
 
 
 def run_log_file(run_dir: Path, enabled: bool = True) -> AbstractContextManager[None]:

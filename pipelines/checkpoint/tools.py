@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from selfsup.errors import CheckpointError
+from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint import dcp_io, folders
-from selfsup.pipelines.checkpoint.run_dir import CHECKPOINT_DIR, CONFIG_FILE
+from selfsup.pipelines.checkpoint.manifest import (
+    MANIFEST_FILE,
+    ManifestCheck,
+    check_manifest,
+    require_intact,
+)
+from selfsup.pipelines.checkpoint.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RUN_DIR_FILES,
+    TB_DIR,
+    find_run_dir,
+)
+from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone, save_backbone
 
 
@@ -40,6 +54,11 @@ class CheckpointSummary:
     optimizer_tensors: int | None
     files: int
     bytes: int
+    integrity: ManifestCheck
+
+    @property
+    def intact(self) -> bool:
+        return self.integrity.ok
 
     def lines(self) -> list[str]:
         meta = self.meta
@@ -71,12 +90,37 @@ class CheckpointSummary:
             f"  saved       {meta.get('saved_at', '?')}",
             f"  tensors     {tensors}",
             f"  files       {self.files}, {self.bytes / 2**20:.1f} MiB",
+            f"  integrity   {self.integrity_text()}",
         ]
+
+    def integrity_text(self) -> str:
+        check = self.integrity
+        if not check.recorded:
+            return "not recorded (no manifest.json: written by an older selfsup)"
+        if check.ok:
+            return "every file matches its size and SHA-256 in manifest.json"
+        return f"DAMAGED: {check.problem()}; delete it to resume from the one before"
+
+
+def refuse_code(folder: Path) -> None:
+    """Read every pickle of a checkpoint without running any: one line for one that carries code.
+
+    The DCP index and its non-tensor entries through allowlists, every
+    ``.pt`` file weights-only (DeepSpeed's through its own allowlist).
+    """
+    if (folder / dcp_io.METADATA_FILE).is_file():
+        dcp_io.check_byte_entries(folder)
+    for file in sorted(folder.glob("rng_rank*.pt")):
+        load_tensor_file(file, "RNG state file")
+    scan_deepspeed_folder(folder)
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
+    """What a checkpoint holds, with every file checked against its manifest (hashes too)."""
     folder = resolve_checkpoint(path)
     meta = folders.read_meta(folder)
+    refuse_code(folder)
+    integrity = check_manifest(folder, hashes=True)
     files = [f for f in folder.iterdir() if f.is_file()]
     model_tensors = parameters = optimizer_tensors = None
     if (folder / ".metadata").is_file():
@@ -95,17 +139,56 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
         optimizer_tensors=optimizer_tensors,
         files=len(files),
         bytes=sum(f.stat().st_size for f in files),
+        integrity=integrity,
     )
 
 
-def export_backbone(path: str | Path, out: str | Path) -> BackboneInfo:
+def verify_checkpoint(path: str | Path) -> str:
+    """One line saying the checkpoint is intact; :class:`CheckpointError` naming damage."""
+    folder = resolve_checkpoint(path)
+    folders.read_meta(folder)
+    check = check_manifest(folder, hashes=True)
+    if not check.recorded:
+        raise CheckpointError(
+            f"{folder} has no manifest.json (written by an older selfsup): nothing to verify "
+            "against; `selfsup checkpoint inspect` still reads it"
+        )
+    require_intact(folder, hashes=True)
+    refuse_code(folder)
+    files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    return f"{folder}: intact ({len(files)} files match their sizes and SHA-256)"
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """Refuse to overwrite a file unasked, or any file a run directory owns."""
+    owner = find_run_dir(out.parent) if out.parent.exists() else None
+    owned = owner is not None and (
+        (out.parent == owner and out.name in RUN_DIR_FILES)
+        or any(out.is_relative_to(owner / folder) for folder in (CHECKPOINT_DIR, TB_DIR))
+    )
+    if owned:
+        raise CheckpointError(
+            f"refusing to write {out}: it is one of the files of run directory {owner}; "
+            "export to a path outside the run's own files"
+        )
+    if out.is_dir():
+        raise CheckpointError(f"{out} is a folder; give the file to write (e.g. {out}/backbone.pt)")
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} exists; pass --force to replace it, or choose another path")
+
+
+def export_backbone(path: str | Path, out: str | Path, force: bool = False) -> BackboneInfo:
     """Write the backbone of any checkpoint (or run) as a weights-only ``.pt`` file."""
+    out = Path(out)
+    check_export_target(out, force)
     source = Path(path)
     if source.is_dir() and not (source / folders.META_FILE).is_file():
         source = resolve_checkpoint(source)  # a run directory: its newest checkpoint
     backbone, info = load_backbone(source)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_backbone(out, {k: v for k, v in backbone.trunk.state_dict().items()}, info)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_backbone(out, {k: v for k, v in backbone.trunk.state_dict().items()}, info)
+    except OSError as exc:  # unwritable, full disk: the temporary file is gone already
+        raise CheckpointError(f"cannot write {out}: {one_line(exc)}") from None
     torch.load(out, weights_only=True)  # what was written reads back as plain weights
     return info

@@ -10,19 +10,18 @@
 
 from __future__ import annotations
 
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from selfsup.atomic import write_atomic
 from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint import dcp_io, folders
+from selfsup.pipelines.checkpoint.manifest import require_intact
 from selfsup.pipelines.checkpoint.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE
+from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
 from selfsup.pipelines.config import RunConfig, load_saved_config
 from selfsup.ssl.backbones import Backbone, build_backbone
 
@@ -131,23 +130,7 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
             f"{path} is not a torch weights file (neither a zip archive nor a pickle); pass a "
             "run directory, a checkpoints/step_* folder or a backbone .pt file"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses anything but tensors and plain containers. Name
-        # the Python object a malicious pickle asks for, where torch reports it.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f"a pickled Python object ({found.group(1)})" if found else "pickled data"
-        raise CheckpointError(
-            f"refusing to load {path}: it holds {what} that torch.load(weights_only=True) "
-            "rejects; loading it could run arbitrary code. selfsup loads only plain-tensor "
-            "files such as the backbone.pt a run writes"
-        ) from exc
-    except Exception as exc:  # truncated zip, not a torch file at all, ...
-        raise CheckpointError(
-            f"{path} is not a readable torch weights file ({type(exc).__name__}); "
-            "it may be truncated or of another format"
-        ) from exc
+    payload = load_tensor_file(path, "torch weights file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a selfsup backbone file (expected format {FORMAT!r}); "
@@ -182,6 +165,7 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
 def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
     """Read only the backbone's tensors out of a training checkpoint (any engine)."""
     meta = folders.read_meta(path)
+    require_intact(path)
     config = load_saved_config(run_dir / CONFIG_FILE)
     info = info_from_config(config, str(path), run_dir, int(meta["step"]))
     backbone = info.build()
@@ -190,14 +174,7 @@ def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, Backbone
     wanted = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     dcp_io.check_model_keys(path, wanted, _backbone_keys(dcp_io.stored_keys(path)))
     state = {"model": wanted}
-    with dcp_io.quiet_dcp():
-        try:
-            dcp.load(state, checkpoint_id=path)
-        except dcp_io.DCP_ERRORS as exc:
-            raise CheckpointError(
-                f"cannot read checkpoint {path} ({dcp_io.describe_dcp_error(exc)}); "
-                "it is incomplete or corrupt"
-            ) from exc
+    dcp_io.load_into(state, path)
     backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items()})
     return backbone, info
 
@@ -209,14 +186,15 @@ def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
 def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
     """Consolidate a DeepSpeed checkpoint's fp32 weights (DeepSpeed's zero_to_fp32).
 
-    DeepSpeed's own reader unpickles its files: only load DeepSpeed
-    checkpoints you wrote yourself.
+    DeepSpeed's own reader unpickles its files with ``weights_only=False``:
+    every file is scanned against an allowlist first.
     """
     from selfsup.pipelines.runtime.engines.deepspeed_engine import require_deepspeed
 
     require_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    scan_deepspeed_folder(path)
     stage = folders.read_meta(path).get("engine_state", {}).get("zero_stage", 2)
     try:
         if stage == 0:  # no ZeRO shards: the model file holds the weights

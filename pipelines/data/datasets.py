@@ -16,7 +16,6 @@ a read-only data folder cannot offer.
 from __future__ import annotations
 
 import gzip
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup import safe_pickle
 from selfsup.errors import DataError
+from selfsup.safe_pickle import CodeInPickle
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -153,6 +154,21 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
+# What CIFAR-10's batches (and numpy arrays in any pickle protocol) rebuild:
+# numpy arrays and dtypes, and bytes. Anything else is refused unread.
+_NUMPY_PICKLE_NAMES = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
+CIFAR_PICKLE_GLOBALS = safe_pickle.allow(
+    {
+        "numpy.core.multiarray": _NUMPY_PICKLE_NAMES,
+        "numpy._core.multiarray": _NUMPY_PICKLE_NAMES,
+        "numpy.core.numeric": _NUMPY_PICKLE_NAMES,
+        "numpy._core.numeric": _NUMPY_PICKLE_NAMES,
+        "numpy": _NUMPY_PICKLE_NAMES,
+        "_codecs": {"encode"},
+    }
+)
+
+
 def read_cifar10_pickle(folder: Path, split: str) -> ArrayDataset:
     """Read CIFAR-10's python-pickle batches (``data_batch_1..5``, ``test_batch``)."""
     names = CIFAR10_TRAIN_BATCHES if split == "train" else CIFAR10_TEST_BATCHES
@@ -166,9 +182,14 @@ def read_cifar10_pickle(folder: Path, split: str) -> ArrayDataset:
             )
         try:
             with path.open("rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+                entry = safe_pickle.load(fh, CIFAR_PICKLE_GLOBALS, encoding="latin1")
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             batch_labels = np.asarray(entry.get("labels", entry.get("fine_labels")))
+        except CodeInPickle as exc:
+            raise DataError(
+                f"refusing {path}: it carries code ({exc}); CIFAR-10 batches hold only arrays, "
+                "lists and strings: download cifar-10-python.tar.gz again from its authors"
+            ) from None
         except Exception as exc:
             raise DataError(
                 f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); "

@@ -6,7 +6,9 @@ LARS, the parameter split for weight decay and the schedule are lightly's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -79,3 +81,40 @@ def build_scheduler(
         max_epochs=total_steps,
         end_value=cfg.min_lr_ratio,
     )
+
+
+# Set by the scheduler from the schedule's position, not by the config.
+SCHEDULED = ("lr", "initial_lr")
+
+
+@contextmanager
+def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Keep the optimizer's configured hyperparameters across loading a state into it.
+
+    ``Optimizer.load_state_dict`` takes the saved param groups' settings
+    (weight decay, momentum, betas) along with the state; after the block
+    they are the configured ones again, and the learning rate stays the
+    scheduler's.
+    """
+    configured = [
+        {k: v for k, v in group.items() if k not in ("params", *SCHEDULED)}
+        for group in optimizer.param_groups
+    ]
+    yield
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+
+
+def apply_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Set each group's learning rate to the schedule's value at its current position.
+
+    After a resume the optimizer holds the rate the checkpoint was saved with;
+    when the schedule changed since (a longer run), the next step must use the
+    new schedule's rate. An unchanged schedule gives the same value, bit for
+    bit (the scheduler's own expression at the same position).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # get_lr() outside step() warns
+        rates = scheduler.get_lr()
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate

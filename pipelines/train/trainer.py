@@ -29,13 +29,14 @@ import torch
 from torch import nn
 
 from selfsup.atomic import write_atomic
-from selfsup.errors import TrainingError
+from selfsup.errors import TrainingError, one_line
 from selfsup.pipelines.checkpoint.folders import find_latest
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
     BACKBONE_FILE,
     CHECKPOINT_DIR,
     SUMMARY_FILE,
+    commit_run_config,
     prepare_run_dir,
     run_log_file,
 )
@@ -47,12 +48,25 @@ from selfsup.pipelines.runtime.seeding import derive_seed, seed_everything
 from selfsup.pipelines.runtime.stopping import StopRequest
 from selfsup.pipelines.train.build import build_augment, build_model, build_train_loader
 from selfsup.pipelines.train.monitor import Monitor
-from selfsup.pipelines.train.optim import build_optimizer, build_scheduler, peak_lr
+from selfsup.pipelines.train.optim import (
+    apply_schedule,
+    build_optimizer,
+    build_scheduler,
+    configured_hyperparameters,
+    peak_lr,
+)
 from selfsup.pipelines.train.throughput import Throughput, count_step_flops
 from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
 from selfsup.ssl.outputs import StepOutput
 
 log = logging.getLogger(__name__)
+
+# What to try after a divergence, by precision (fp32 is already the safest).
+DIVERGENCE_ADVICE = {
+    "fp32": "Lower optim.base_lr or set optim.clip_grad_norm.",
+    "bf16": "Lower optim.base_lr, set optim.clip_grad_norm, or use train.precision=fp32.",
+    "fp16": "Lower optim.base_lr, set optim.clip_grad_norm, or use train.precision=bf16.",
+}
 
 
 @dataclass
@@ -80,10 +94,15 @@ def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
     try:
         checkpoints = config.resolved_run_dir() / CHECKPOINT_DIR
         resume_from = find_latest(checkpoints) if config.checkpoint.resume else None
-        run_dir = prepare_run_dir(config, resuming=resume_from is not None, is_main=engine.is_main)
+        resuming = resume_from is not None
+        run_dir = prepare_run_dir(config, resuming=resuming, is_main=engine.is_main)
         engine.barrier()
         with run_log_file(run_dir, enabled=engine.is_main):
-            result = Trainer(config, engine, run_dir).run(resume_from)
+            trainer = Trainer(config, engine, run_dir)
+            if resume_from is not None:
+                trainer.resume(resume_from)
+            commit_run_config(config, resuming=resuming, is_main=engine.is_main)
+            result = trainer.run()
             # Leave the process group together: a rank that tears it down while
             # another still writes the final files can abort in gloo's threads.
             engine.barrier()
@@ -177,9 +196,14 @@ class Trainer:
                 keep_every=config.checkpoint.keep_every,
             ),
             describe=self._checkpoint_meta,
+            before_write=self._refuse_non_finite,
         )
+        # Every micro-batch's loss was finite: tracked on the device, so the
+        # hot path never waits for the host; read before each checkpoint.
+        self.losses_finite = torch.ones((), dtype=torch.bool, device=engine.device)
         self.last_loss: float | None = None
         self.first_step = 0  # the step this start of the run began at
+        self.resumed_from_step: int | None = None
         self.preview: torch.Tensor | None = None  # the images reconstructions are drawn for
         self.monitor: Monitor | None = None
 
@@ -203,7 +227,13 @@ class Trainer:
         }
 
     def resume(self, path: Path) -> None:
-        self.checkpoints.load(path)
+        # The checkpoint restores the optimizer's state (momenta) and the schedule's
+        # position; its hyperparameters are the config's, so that a changed
+        # weight decay or momentum applies as the log line of the change says.
+        with configured_hyperparameters(self.optimizer):
+            self.checkpoints.load(path)
+        apply_schedule(self.scheduler)
+        self.resumed_from_step = self.state.step
         log.info(
             "resuming from checkpoint %s at step %d/%d (epoch %d)",
             path, self.state.step, self.total_steps, self.state.step // self.steps_per_epoch,
@@ -220,11 +250,9 @@ class Trainer:
             engine.name,
         )  # fmt: skip
 
-    def run(self, resume_from: Path | None = None) -> TrainResult:
-        """Train from the checkpoint ``resume_from`` (or the start) to the end or a stop signal."""
-        if resume_from is not None:
-            self.resume(resume_from)
-        resumed_from_step = self.state.step if resume_from is not None else None
+    def run(self) -> TrainResult:
+        """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
+        resumed_from_step = self.resumed_from_step
         self._log_start()
         self.first_step = self.state.step
         throughput = Throughput(
@@ -257,6 +285,7 @@ class Trainer:
         views = self._augmented(step, micro_batches)
         for output in optimizer_step(self.engine, self.model, views, self.accum):
             self.monitor.record(output.loss, output.metrics)
+            self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
         self.state.epoch = self.state.step // self.steps_per_epoch
@@ -301,16 +330,28 @@ class Trainer:
         reduced = self.engine.reduce_mean(torch.stack(list(window.values())).float())
         means = dict(zip(window, reduced.tolist(), strict=True))
         self.last_loss = means["loss"]
-        self._check_finite(self.last_loss)
+        if not math.isfinite(self.last_loss):
+            raise self._diverged(f"the loss became {self.last_loss}")
         self.monitor.log(self.state.step, means, lr)
 
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} at step {self.state.step}; lower "
-                "optim.base_lr, set optim.clip_grad_norm, or use train.precision=fp32 "
-                f"(the last good checkpoint is in {self.checkpoints.directory})"
-            )
+    def _refuse_non_finite(self) -> None:
+        """Before any checkpoint: every loss since the start and every weight must be finite."""
+        finite = bool(self.losses_finite) and self.engine.weights_finite()
+        if self.engine.any_rank(not finite):  # collective: every rank stops together
+            raise self._diverged("a loss or a weight became non-finite")
+
+    def _diverged(self, what: str) -> TrainingError:
+        newest = self.checkpoints.latest()
+        where = (
+            f"the newest checkpoint, {newest}, has finite weights (each is checked before it is "
+            "written) and a rerun of the same command resumes from it"
+            if newest is not None
+            else "no checkpoint was written"
+        )
+        return TrainingError(
+            f"{what} by step {self.state.step}; nothing non-finite was saved: {where}. "
+            f"{DIVERGENCE_ADVICE[self.config.train.precision]}"
+        )
 
     def _result(self, resumed_from_step: int | None, stopped_by: str | None) -> TrainResult:
         step, total = self.state.step, self.total_steps
@@ -364,7 +405,14 @@ def _finish(
         k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
     }
     info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, step)
-    save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+    try:
+        save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+    except OSError as exc:  # a full disk: the final checkpoint is already saved
+        raise TrainingError(
+            f"cannot write {run_dir / BACKBONE_FILE} ({one_line(exc)}); training finished and its "
+            f"final checkpoint is saved: free space, then `selfsup checkpoint export {run_dir} "
+            f"{run_dir / BACKBONE_FILE}`"
+        ) from None
     summary = {
         "step": step,
         "total_steps": total_steps,

@@ -18,7 +18,7 @@ its own format).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.pipelines.checkpoint.dcp_io import (
-    DCP_ERRORS,
     check_model_keys,
     check_shards_present,
-    describe_dcp_error,
+    load_into,
     quiet_dcp,
     stored_keys,
 )
@@ -44,12 +43,14 @@ EVAL_PRECISIONS = tuple(name for name in PRECISIONS if name != "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks the GPU when there is one."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto`` picks the GPU when there is one; ``setting`` names the option in errors."""
+    if name not in DEVICES:
+        raise ConfigError(f"{setting} is '{name}'; valid devices: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
+        raise ConfigError(f"{setting} cuda, but no GPU is visible; use cpu or auto")
     return torch.device(name)
 
 
@@ -196,14 +197,7 @@ class Engine:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         check_model_keys(path, model_sd, stored_keys(path))
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-        with quiet_dcp():
-            try:
-                dcp.load(state, checkpoint_id=path)
-            except DCP_ERRORS as exc:
-                raise CheckpointError(
-                    f"cannot read checkpoint {path} ({describe_dcp_error(exc)}); it is incomplete "
-                    "or corrupt: delete it to resume from the one before"
-                ) from exc
+        load_into(state, path)
         set_state_dict(
             model,
             optimizer,
@@ -211,9 +205,18 @@ class Engine:
             optim_state_dict=state["optim"],
         )
 
+    def weights_finite(self) -> bool:
+        """Whether every parameter this process holds is finite (one device sync)."""
+        return all_finite(p.detach() for p in self.unwrap().parameters())
+
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's tensors on CPU, on the main process (collective)."""
         return {k: v.detach().cpu() for k, v in self.unwrap().state_dict().items()}
 
     def close(self) -> None:
         """Leave the process group, if any."""
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    checks = [t.isfinite().all() for t in tensors if t.numel()]
+    return bool(torch.stack(checks).all()) if checks else True

@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError, DependencyError, one_line
+from selfsup.pipelines.checkpoint.untrusted import scan_deepspeed_folder
 from selfsup.pipelines.runtime.distributed import init_process_group
-from selfsup.pipelines.runtime.engines.base import Engine
+from selfsup.pipelines.runtime.engines.base import Engine, all_finite
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -146,7 +147,11 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
                 "optim.name=lars does not work with DeepSpeed ZeRO (it partitions parameters into "
                 "flat buffers, which breaks LARS's per-layer scaling); use optim.name=adamw or sgd"
             )
-        super().setup(model, optimizer, channels_last)
+        # DeepSpeed flattens parameters into contiguous buffers (as views of
+        # one byte array), which a channels_last weight cannot be: the weights
+        # stay contiguous. The augmented inputs are still channels_last
+        # (model.channels_last), so convolutions pick their NHWC kernels.
+        super().setup(model, optimizer, channels_last=False)
         self.ds_engine, self.optimizer, _, _ = self.deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )
@@ -199,6 +204,7 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
                 f"{self.zero_stage}"
             )
         check_deepspeed_files(path, self.world_size, self.zero_stage)
+        scan_deepspeed_folder(path)  # DeepSpeed unpickles with weights_only=False
         try:
             loaded, _ = self.ds_engine.load_checkpoint(
                 str(path.parent), tag=path.name, load_lr_scheduler_states=False
@@ -210,6 +216,10 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
             ) from exc
         if loaded is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint in {path}")
+
+    def weights_finite(self) -> bool:
+        # ZeRO-3 keeps each rank's share of a parameter in ds_tensor.
+        return all_finite(getattr(p, "ds_tensor", p).detach() for p in self.unwrap().parameters())
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         if self.zero_stage == 3:

@@ -9,6 +9,7 @@ from torch import nn
 from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint.folders import find_latest, list_checkpoints, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.tools import inspect_checkpoint, verify_checkpoint
 from selfsup.pipelines.config import OptimConfig
 from selfsup.pipelines.runtime.engines import Engine, cpu_engine
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
@@ -151,9 +152,13 @@ def test_missing_and_truncated_shards_are_named(tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[:100])
     fresh = make()
-    with pytest.raises(CheckpointError, match=f"truncated shard file\\(s\\) {shard.name}"):
+    with pytest.raises(CheckpointError, match=f"damaged \\(truncated or grown {shard.name}\\)"):
         manager_for(tmp_path, fresh).load(path)
     shard.unlink()
+    with pytest.raises(CheckpointError, match=f"damaged \\(missing {shard.name}\\)"):
+        manager_for(tmp_path, fresh).load(path)
+    # Without the manifest (an older checkpoint), DCP's own index still names them.
+    (path / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match=f"missing shard file\\(s\\) {shard.name}"):
         manager_for(tmp_path, fresh).load(path)
 
@@ -207,3 +212,33 @@ def test_the_scheduler_is_restored_through_load_state_dict(tmp_path, monkeypatch
     manager_for(tmp_path, b).load(path)
     assert calls and calls[0]["last_epoch"] == 3
     assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
+
+
+def test_latest_never_leads_out_of_the_checkpoint_folder(tmp_path):
+    setup = make()
+    mine = tmp_path / "mine" / "checkpoints"
+    other = tmp_path / "other" / "checkpoints"
+    save(mine, setup, 2)
+    save(other, setup, 9)
+    for escape in ("../../other/checkpoints/step_000000009", str(other / "step_000000009")):
+        (mine / "latest").write_text(escape + "\n")
+        assert find_latest(mine) == mine / "step_000000002"
+
+
+def test_the_manifest_lists_every_file_and_inspect_names_damage(tmp_path):
+    path = save(tmp_path, make(), 1)
+    listed = json.loads((path / "manifest.json").read_text())["files"]
+    on_disk = {p.name for p in path.iterdir()} - {"manifest.json", "meta.json"}
+    assert set(listed) == on_disk and all(len(e["sha256"]) == 64 for e in listed.values())
+    assert inspect_checkpoint(path).intact and "intact" in verify_checkpoint(path)
+    shard = next(path.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same length, one bit pattern changed: only the hash sees it
+    shard.write_bytes(bytes(data))
+    summary = inspect_checkpoint(path)
+    assert not summary.intact
+    assert f"DAMAGED: altered (SHA-256 differs) {shard.name}" in "\n".join(summary.lines())
+    with pytest.raises(CheckpointError, match=f"altered \\(SHA-256 differs\\) {shard.name}"):
+        verify_checkpoint(path)
+    shard.write_bytes(bytes(data[:-10]))
+    assert f"truncated or grown {shard.name}" in inspect_checkpoint(path).integrity_text()

@@ -47,7 +47,7 @@ def test_code_carrying_pickle_is_refused(tmp_path, capsys, protocol):
     path = tmp_path / "evil.pt"
     with path.open("wb") as fh:
         pickle.dump({"format": "selfsup.backbone/1", "payload": RunsCode()}, fh, protocol=protocol)
-    with pytest.raises(CheckpointError, match="refusing to load .*could run arbitrary code"):
+    with pytest.raises(CheckpointError, match="refusing .*evil.pt: it carries code"):
         load_backbone(path)
     assert "pickled code ran" not in capsys.readouterr().out
 
@@ -56,7 +56,7 @@ def test_refusal_names_the_object_a_pickle_asks_for(tmp_path):
     path = tmp_path / "evil.pt"
     with path.open("wb") as fh:
         pickle.dump(RunsCode(), fh, protocol=2)
-    with pytest.raises(CheckpointError, match=r"a pickled Python object \(print\)"):
+    with pytest.raises(CheckpointError, match=r"it asks to call builtins\.print"):
         load_backbone(path)
 
 

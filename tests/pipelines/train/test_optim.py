@@ -46,3 +46,36 @@ def test_warmup_then_cosine_to_the_floor():
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[10:]))  # then decays
     assert lrs[-1] == pytest.approx(0.0256, rel=1e-3)
     assert not any(math.isnan(lr) for lr in lrs)
+
+
+def test_a_resumed_optimizer_takes_the_configs_settings_and_the_new_schedules_rate():
+    from selfsup.pipelines.checkpoint.manager import (
+        restore_scheduler_position,
+        scheduler_position,
+    )
+    from selfsup.pipelines.train.optim import apply_schedule, configured_hyperparameters
+
+    def make(weight_decay: float, total_steps: int):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        cfg = OptimConfig(name="sgd", base_lr=0.256, weight_decay=weight_decay, warmup_epochs=0)
+        optimizer = build_optimizer(model, cfg, 256)
+        return model, optimizer, build_scheduler(optimizer, cfg, total_steps, steps_per_epoch=4)
+
+    model, optimizer, scheduler = make(weight_decay=1e-4, total_steps=2)
+    for _ in range(2):
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the end of the short schedule
+    saved, position = optimizer.state_dict(), scheduler_position(scheduler)
+
+    _, longer, longer_schedule = make(weight_decay=0.05, total_steps=8)
+    with configured_hyperparameters(longer):
+        longer.load_state_dict(saved)
+    restore_scheduler_position(longer_schedule, position)
+    apply_schedule(longer_schedule)
+    assert longer.param_groups[0]["weight_decay"] == 0.05  # the config's, not the checkpoint's
+    assert longer.state_dict()["state"][0]["momentum_buffer"] is not None  # the state is kept
+    expected = 0.256 * longer_schedule.lr_lambdas[0](2)
+    assert longer.param_groups[0]["lr"] == expected > 0  # the new schedule at step 2

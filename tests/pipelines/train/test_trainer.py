@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.eval.probe import initial_backbone
 from selfsup.eval.report import read_scalars
+from selfsup.pipelines.checkpoint.folders import list_checkpoints, step_of
 from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.train.trainer import train
@@ -72,8 +74,37 @@ def test_resuming_with_another_architecture_is_refused(tiny_overrides):
 
 def test_diverging_loss_stops_with_a_clear_error(tiny_overrides):
     overrides = [*tiny_overrides, "optim.name=sgd", "optim.base_lr=1e30", "train.precision=fp32"]
-    with pytest.raises(TrainingError, match="the loss became nan at step"):
+    with pytest.raises(
+        TrainingError, match=r"became n.* by step \d+; nothing non-finite was saved"
+    ):
         train(load_config(None, overrides))
+
+
+def test_a_diverging_run_leaves_only_finite_checkpoints_and_a_sane_rerun_finishes(tiny_overrides):
+    # Checkpoints every step, the loss logged only every 50: the checks before
+    # each checkpoint, not the logging, must catch the divergence.
+    run = [
+        *tiny_overrides, "optim.name=sgd", "train.precision=fp32", "checkpoint.every_steps=1",
+        "train.log_every=50", "checkpoint.keep_last=20", "train.max_steps=8",
+    ]  # fmt: skip
+    train(load_config(None, [*run, "train.max_steps=2"]))  # a sane start: steps 1 and 2
+    # Finite settings under which no fp32 weight survives one step: weight decay
+    # 1e30 times a 1e11 peak rate overflows on the first update of the resumed run.
+    with pytest.raises(
+        TrainingError,
+        match=r"by step 3; nothing non-finite was saved: the newest checkpoint, "
+        r".*step_000000002, has finite weights",
+    ):
+        train(load_config(None, [*run, "optim.base_lr=1.6e12", "optim.weight_decay=1e30"]))
+    checkpoints = list_checkpoints(
+        Path(tiny_overrides[0].split("=", 1)[1]) / "tiny" / "checkpoints"
+    )
+    assert [step_of(c) for c in checkpoints] == [1, 2]
+    for checkpoint in checkpoints:
+        backbone, _ = load_backbone(checkpoint)
+        assert all(torch.isfinite(p).all() for p in backbone.state_dict().values()), checkpoint
+    resumed = train(load_config(None, run))
+    assert resumed.resumed_from_step == step_of(checkpoints[-1]) and resumed.finished
 
 
 def test_fp16_on_cpu_is_refused(tiny_overrides):
