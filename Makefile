@@ -14,7 +14,8 @@ setup:
 setup-ffcv: setup
 	@scripts/install-ffcv.sh
 
-# Small SimCLR pretraining on CIFAR-10, then the linear-probe report (~5 min on 2 CPU cores).
+# Small SimCLR pretraining on CIFAR-10, then the linear-probe report (5-12 min on 2 CPU cores:
+# 5 on an AMD EPYC with AVX-512 BF16, 12 on an Intel Xeon; see docs/demo.md).
 demo: setup
 	$(SELFSUP) train configs/demo.yaml run_dir=$(DEMO_RUN)
 	$(SELFSUP) probe $(DEMO_RUN)

@@ -31,6 +31,7 @@ from selfsup.pipelines.data.datasets import subset_indices, take_subset
 from selfsup.pipelines.data.loaders import eval_loader
 from selfsup.pipelines.data.sources import dataset_info, open_dataset
 from selfsup.pipelines.data.train_loader import choose_loader
+from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.pipelines.runtime.engines import PRECISIONS, resolve_device
 from selfsup.pipelines.runtime.seeding import seed_everything
 from selfsup.pipelines.train.build import build_model
@@ -161,6 +162,7 @@ def _eval_batches(
     """Evaluation batches of one split (from a .beton or the dataset folder) and their count."""
     beton = settings.betons.get(f"{name}_{split}")
     key = f"probe.betons.{name}_{split}"
+    workers = loader_workers(settings.num_workers)
     if choose_loader(settings.loader, beton, "probe.loader", key) == "ffcv":
         from selfsup.pipelines.data.beton import open_beton
         from selfsup.pipelines.data.ffcv_loader import ffcv_eval_loader
@@ -169,11 +171,11 @@ def _eval_batches(
         total = int(open_beton(beton).num_samples)
         indices = subset_indices(total, count)
         batches = ffcv_eval_loader(
-            beton, image_size, settings.batch_size, settings.num_workers, device, indices=indices
+            beton, image_size, settings.batch_size, workers, device, indices=indices
         )
         return batches, total if indices is None else len(indices)
     dataset = take_subset(open_dataset(name, split, settings.data_path), count)
-    return eval_loader(dataset, image_size, settings.batch_size, settings.num_workers), len(dataset)
+    return eval_loader(dataset, image_size, settings.batch_size, workers), len(dataset)
 
 
 def _score(

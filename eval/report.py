@@ -190,6 +190,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def load_report(run_dir: Path) -> dict[str, Any]:
     from selfsup.errors import SelfsupError
 
+    if not run_dir.exists():
+        raise SelfsupError(f"{run_dir} does not exist; pass run directories of `selfsup train`")
     path = run_dir / REPORT_JSON if run_dir.is_dir() else run_dir
     if run_dir.is_dir() and not (run_dir / CONFIG_FILE).is_file():
         raise SelfsupError(

@@ -34,6 +34,7 @@ from selfsup.errors import ConfigError, did_you_mean, one_line
 from selfsup.pipelines.data.ffcv_loader import ORDERS as FFCV_ORDERS
 from selfsup.pipelines.data.sources import DATASETS
 from selfsup.pipelines.data.train_loader import LOADERS
+from selfsup.pipelines.runtime.cpus import AUTO
 from selfsup.pipelines.runtime.engines import ENGINES
 from selfsup.pipelines.runtime.engines.base import DEVICES, EVAL_PRECISIONS, PRECISIONS
 from selfsup.pipelines.train.optim import OPTIMIZERS
@@ -59,7 +60,7 @@ class DataConfig:
     batches_ahead: int = 3  # ffcv: batches prepared ahead of the training step
     image_size: int = 32  # side of each training view, in pixels
     batch_size: int = 256  # per process
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # DataLoader workers; auto: the CPUs of this process
     train_samples: int | None = None  # use the first N samples (quick runs)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -147,7 +148,7 @@ class ProbeConfig:
     data_path: str | None = None  # root holding the datasets; None: search default places
     image_size: int | None = None  # None: data.image_size
     batch_size: int = 512
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # auto: the CPUs of this process
     train_samples: int | None = None  # None: the whole training split
     test_samples: int | None = None  # None: the whole test split
     epochs: int = 100  # linear classifier epochs over cached features
@@ -392,8 +393,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"config key 'train.max_steps' must be positive, got {config.train.max_steps}"
         )
-    if config.data.num_workers < 0:
-        raise ConfigError("config key 'data.num_workers' must be >= 0")
+    for key, workers in (
+        ("data.num_workers", config.data.num_workers),
+        ("probe.num_workers", config.probe.num_workers),
+    ):
+        if workers != AUTO and not (isinstance(workers, int) and workers >= 0):
+            raise ConfigError(
+                f"config key '{key}' must be auto or an integer >= 0, got {workers!r}"
+            )
     if config.data.batches_ahead < 1:
         raise ConfigError("config key 'data.batches_ahead' must be >= 1")
     for key in config.probe.betons:
@@ -548,4 +555,5 @@ _TYPE_WORDS = {
     "str | None": "a string or null",
     "list[float]": "a list of numbers",
     "list[str]": "a list of strings",
+    "int | str": "an integer or auto",
 }

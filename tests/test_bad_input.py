@@ -32,6 +32,7 @@ def finished_run(tmp_path_factory, data_root):
         "data.batch_size=16", "data.num_workers=0", "model.channels_last=false",
         "method.proj_hidden_dim=64", "method.proj_output_dim=32", "train.max_steps=6",
         "train.log_every=2", "checkpoint.every_steps=3", "optim.warmup_epochs=0.5",
+        "checkpoint.keep_last=1",
     ]  # fmt: skip
     train(load_config(DEMO, overrides))
     (root / "overrides.json").write_text(json.dumps(overrides))
@@ -83,6 +84,12 @@ def _report_of_wrong_shape(run: Path, scratch: Path, base: list[str]) -> list[st
     return ["report", str(run)]
 
 
+def _submit_with_profile(text: str) -> Case:
+    return lambda run, scratch, base: [
+        "submit", DEMO, "--cluster", str(_write(scratch / "c.yaml", text)), "--dry-run",
+    ]  # fmt: skip
+
+
 CASES: dict[str, tuple[Case, str]] = {
     "negative lr": (_train_over("optim.base_lr=-1"), "'optim.base_lr' must be a finite number"),
     "zero temperature": (_train_over("method.temperature=0"), "'method.temperature' must be"),
@@ -106,24 +113,9 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda run, s, b: ["probe", str(run), "--device", "tpu"],
         "--device is 'tpu'",
     ),
-    "cluster profile of bad YAML": (
-        lambda run, s, b: [
-            "submit",
-            DEMO,
-            "--cluster",
-            str(_write(s / "c.yaml", "p: [x\n")),
-            "--dry-run",
-        ],
-        "is not valid YAML",
-    ),
+    "cluster profile of bad YAML": (_submit_with_profile("p: [x\n"), "is not valid YAML"),
     "cluster profile that is a list": (
-        lambda run, s, b: [
-            "submit",
-            DEMO,
-            "--cluster",
-            str(_write(s / "c.yaml", "- a\n")),
-            "--dry-run",
-        ],
+        _submit_with_profile("- a\n"),
         "must hold a mapping of settings",
     ),
     "a base recipe that is not a recipe": (

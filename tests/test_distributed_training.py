@@ -283,7 +283,7 @@ def test_deepspeed_zero3_export_matches_the_runs_own_backbone(base, tmp_path, ca
     # reader before DeepSpeed's own loader (weights_only=False) could unpickle it.
     latest = find_latest(run / "checkpoints")
     sentinel = tmp_path / "PAYLOAD_RAN"
-    model_states = "mp_rank_00_model_states.pt"
+    model_states = "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO-3's per-rank files
     for name in (model_states, "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
         shutil.copy(latest / name, tmp_path / name)
         poison_zip_pickle(latest / name, sentinel)

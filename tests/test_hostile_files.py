@@ -93,8 +93,8 @@ def test_tampered_checkpoint_files_are_refused_by_every_reader(
     latest = run / "checkpoints" / "step_000000006"
     tamper(latest, name, how, sentinel)
     readers = dict(READERS)
-    if name != ".metadata":  # the RNG files are read by resume only
-        readers = {}
+    if name != ".metadata":  # RNG files: read by resume, and checked by inspect and verify
+        readers = {k: v for k, v in READERS.items() if k in ("inspect", "verify")}
     for reader, args in readers.items():
         code = main(args(run, tmp_path))
         err = capsys.readouterr().err

@@ -25,6 +25,7 @@ from pathlib import Path
 from selfsup.errors import ConfigError, DataError
 from selfsup.paths import checkout_root
 from selfsup.pipelines.data.datasets import (
+    IMAGE_EXTENSIONS,
     ImageDataset,
     read_cifar10_pickle,
     read_fashion_mnist,
@@ -71,6 +72,29 @@ def _has_class_folders(folder: Path) -> bool:
     return _split_folder(folder, "train") is not None and _split_folder(folder, "test") is not None
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _is_class_tree(folder: Path) -> bool:
+    """``folder/<class>/<image>`` itself (torchvision's ImageFolder; ``imagenet/train``)."""
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes or any(d.name in SPLIT_NAMES for d in classes):
+        return False
+    # Images right inside the class folders (a few sampled): not a root of datasets.
+    return all(any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir()) for d in classes[:3])
+
+
+def _image_layout(folder: Path) -> str | None:
+    """Which class-folder layout ``folder`` has: both splits, ``train/`` alone, or one tree."""
+    if _has_class_folders(folder):
+        return "imagefolder"
+    if _split_folder(folder, "train") is not None:
+        return "imagefolder-train"  # train/ without val/ or test/: pretraining only
+    if _is_class_tree(folder):
+        return "class-tree"  # one split: read for whichever split is asked for
+    return None
+
+
 CIFAR10 = DatasetInfo(
     name="cifar10",
     title="CIFAR-10",
@@ -103,7 +127,10 @@ IMAGEFOLDER = DatasetInfo(
     title="image folder",
     num_classes=None,
     folder_names=(),
-    layout_hint="class folders train/<class>/<images> + val/<class>/<images> (or test/)",
+    layout_hint=(
+        "class folders train/<class>/<images> + val/<class>/<images> (or test/), train/ alone "
+        "(pretraining), or one split's tree <class>/<images> itself"
+    ),
     downloadable=False,
 )
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -125,8 +152,8 @@ def _detect_format(info: DatasetInfo, folder: Path) -> str | None:
         return "cifar10-pickle"
     if info is FASHION_MNIST and _has_idx(folder):
         return "idx"
-    if info is not FASHION_MNIST and _has_class_folders(folder):
-        return "imagefolder"
+    if info is not FASHION_MNIST:
+        return _image_layout(folder)
     return None
 
 
@@ -202,7 +229,7 @@ def detect_dataset(path: str | Path) -> str:
         return CIFAR10.name
     if _detect_format(FASHION_MNIST, folder) or _detect_format(FASHION_MNIST, folder / "raw"):
         return FASHION_MNIST.name
-    if _detect_format(IMAGEFOLDER, folder):
+    if _detect_format(IMAGEFOLDER, folder) and not _search_in_root(FASHION_MNIST, folder):
         return IMAGEFOLDER.name
     found = [i.name for i in (CIFAR10, FASHION_MNIST, IMAGENETTE) if _search_in_root(i, folder)]
     if found:
@@ -225,6 +252,8 @@ def open_dataset(name: str, split: str, path: str | Path | None = None) -> Image
         "cifar10-pickle": read_cifar10_pickle,
         "idx": read_fashion_mnist,
         "imagefolder": _read_folder_split,
+        "imagefolder-train": _read_folder_split,
+        "class-tree": lambda folder, split: read_image_folder(folder),
     }
     dataset = readers[located.format](located.folder, split)
     log.debug("opened %s %s split from %s (%d images)", name, split, located.folder, len(dataset))
@@ -234,7 +263,10 @@ def open_dataset(name: str, split: str, path: str | Path | None = None) -> Image
 def _read_folder_split(folder: Path, split: str) -> ImageDataset:
     split_folder = _split_folder(folder, split)
     if split_folder is None:
-        raise DataError(f"{folder} has no {split} split ({IMAGEFOLDER.layout_hint})")
+        raise DataError(
+            f"{folder} has no {split} split (it holds train/ alone); add val/<class>/ or "
+            f"test/<class>/, or point at a class-folder tree of that split itself"
+        )
     return read_image_folder(split_folder)
 
 

@@ -18,6 +18,7 @@ from selfsup.pipelines.data.beton import ffcv_available, require_ffcv
 from selfsup.pipelines.data.datasets import take_subset
 from selfsup.pipelines.data.loaders import TorchvisionTrainLoader, TrainLoader, ViewSpec
 from selfsup.pipelines.data.sources import open_dataset
+from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.registry import Registry
 
 if TYPE_CHECKING:  # config.py reads LOADERS; at run time this module needs no config
@@ -96,7 +97,7 @@ def build_train_loader(
         crop_scale=(float(low), float(high)),
         num_views=config.augment.num_views,
         batch_size=data.batch_size,
-        num_workers=data.num_workers,
+        num_workers=loader_workers(data.num_workers),
         seed=config.train.seed,
         rank=rank,
         world_size=world_size,

@@ -51,6 +51,8 @@ def test_dotted_overrides_are_typed():
         ("optim.base_lr=nan", "'optim.base_lr' must be a finite number >= 0, got nan"),
         ("optim.base_lr=inf", "'optim.base_lr' must be a finite number >= 0, got inf"),
         ("probe.knn_temperature=0", "'probe.knn_temperature' must be positive"),
+        ("data.num_workers=many", "'data.num_workers' must be auto or an integer >= 0"),
+        ("probe.num_workers=-1", "'probe.num_workers' must be auto or an integer >= 0"),
         ("method.temperature=0", "'method.temperature' must be positive"),
         ("method.temperature=nan", "'method.temperature' must be positive"),
         ("augment.crop_scale=[0.5,0.1]", "0 < min <= max <= 1"),

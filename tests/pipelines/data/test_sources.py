@@ -1,7 +1,12 @@
 import pytest
 
 from selfsup.errors import DataError
-from selfsup.pipelines.data.sources import default_roots, locate_dataset, open_dataset
+from selfsup.pipelines.data.sources import (
+    default_roots,
+    detect_dataset,
+    locate_dataset,
+    open_dataset,
+)
 
 
 def test_explicit_path_may_be_the_folder_or_a_root(data_root):
@@ -62,3 +67,32 @@ def test_real_datasets_are_found_in_shared_data(shared_data):
     assert len(fmnist) == 60_000 and fmnist[0][0].shape == (3, 28, 28)
     imagenette = open_dataset("imagenette", "test", shared_data.root)
     assert len(imagenette) == 3_925 and len(imagenette.classes) == 10
+
+
+def test_a_plain_class_folder_tree_is_one_split(tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imagenet", per_class=2, classes=3)
+    one_split = root / "train"  # what imagenet/train is on a cluster: <class>/<images>
+    assert locate_dataset("imagefolder", one_split).format == "class-tree"
+    train = open_dataset("imagefolder", "train", one_split)
+    assert len(train) == 6 and len(train.classes) == 3
+    # Pointed at it, the tree is that split, whichever one is asked for (data write --split).
+    assert len(open_dataset("imagefolder", "test", one_split)) == 6
+    assert detect_dataset(one_split) == "imagefolder"
+
+
+def test_a_root_with_train_alone_serves_pretraining_and_says_what_is_missing(tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "data", per_class=2, classes=3, splits=("train",))
+    assert locate_dataset("imagefolder", root).format == "imagefolder-train"
+    assert len(open_dataset("imagefolder", "train", root)) == 6
+    with pytest.raises(DataError, match="has no test split .*holds train/ alone"):
+        open_dataset("imagefolder", "test", root)
+
+
+def test_a_root_of_several_datasets_is_not_taken_for_a_class_tree(data_root):
+    # data_root holds cifar-10-batches-py/, FashionMNIST/, an image folder: no images inside.
+    with pytest.raises(DataError, match="holds several datasets"):
+        detect_dataset(data_root)
