@@ -76,12 +76,11 @@ class ProbeOutcome:
 
 def probe(path: str | Path, settings: ProbeConfig, device: str = "auto") -> ProbeOutcome:
     """Probe the backbone at ``path`` (run directory, checkpoint folder or .pt file)."""
-    resolve_device(device, setting="--device")  # a bad device is refused before any loading
+    torch_device = resolve_device(device, setting="--device")  # refused before any loading
     trained, info = load_backbone(path)
     backbones: list[Backbone] = [trained]
     if settings.baseline:
         backbones.append(initial_backbone(info))
-    torch_device = resolve_device(device, setting="--device")
     outcome = ProbeOutcome(info=info, settings=settings)
     for name in settings.datasets:
         outcome.results.append(_probe_dataset(name, backbones, info, settings, torch_device))

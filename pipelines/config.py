@@ -235,14 +235,19 @@ def config_keys_in_errors(method: MethodConfig | None = None) -> Iterator[None]:
         raise ConfigError(message) from exc
 
 
+def not_a_choice(key: str, value: Any, allowed: tuple[str, ...]) -> ConfigError:
+    """The error for a config value outside its registry's names."""
+    return ConfigError(
+        f"config key '{key}' is '{value}'{did_you_mean(str(value), allowed)}; "
+        f"valid values: {', '.join(allowed)}"
+    )
+
+
 def _method_config(name: Any) -> MethodConfig:
     try:
         return default_method_config(str(name))
     except UnknownName as exc:
-        raise ConfigError(
-            f"config key 'method.name' is '{name}'{did_you_mean(str(name), exc.choices)}; "
-            f"valid values: {', '.join(exc.choices)}"
-        ) from None
+        raise not_a_choice("method.name", name, exc.choices) from None
 
 
 Layer = tuple[DictConfig, str]  # parsed YAML or overrides, and where they came from
@@ -357,10 +362,7 @@ def validate(config: RunConfig) -> None:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value not in allowed:
-            raise ConfigError(
-                f"config key '{key}' is '{value}'{did_you_mean(str(value), allowed)}; "
-                f"valid values: {', '.join(allowed)}"
-            )
+            raise not_a_choice(key, value, allowed)
     positive: dict[str, float] = {
         "data.image_size": config.data.image_size,
         "data.batch_size": config.data.batch_size,
@@ -372,13 +374,11 @@ def validate(config: RunConfig) -> None:
         "train.image_every": config.train.image_every,
         "train.grad_accum_steps": config.train.grad_accum_steps,
         "probe.knn_k": config.probe.knn_k,
-    }
-    positive |= {  # floats: NaN and infinity refused too (NaN fails every comparison)
         "probe.lr": config.probe.lr,
         "probe.knn_temperature": config.probe.knn_temperature,
     }
     for key, value in positive.items():
-        if not 0 < value < math.inf:
+        if not 0 < value < math.inf:  # NaN fails every comparison: refused too
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     # A learning rate of 0 is allowed (a frozen run, to check a pipeline), never below.
     if not 0 <= config.optim.base_lr < math.inf:

@@ -8,7 +8,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from selfsup.registry import UnknownName, did_you_mean
+from selfsup.registry import did_you_mean
 
 __all__ = [
     "CheckpointError",
@@ -19,7 +19,6 @@ __all__ = [
     "TrainingError",
     "did_you_mean",
     "one_line",
-    "unknown_name",
 ]
 
 
@@ -47,11 +46,6 @@ class TrainingError(SelfsupError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
-def unknown_name(kind: str, name: str, choices: list[str] | tuple[str, ...]) -> ConfigError:
-    """The error for a name missing from a registry: suggestion plus the full list."""
-    return ConfigError(str(UnknownName(kind, name, choices)))
-
-
 def one_line(exc: BaseException) -> str:
     """An exception's message in one line: its first non-empty line, or its type's name.
 
@@ -63,8 +57,6 @@ def one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    if any(
-        "Original Traceback" in line for line in lines
-    ):  # re-raised by a DataLoader worker: ours is the last
+    if any("Original Traceback" in line for line in lines):  # a worker's: ours is last
         return lines[-1].split(": ", 1)[1] if ": " in lines[-1] else lines[-1]
     return lines[0]

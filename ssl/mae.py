@@ -89,14 +89,7 @@ class MAE(nn.Module):
     @classmethod
     def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> MAE:
         assert isinstance(config, MAEConfig)
-        return cls(
-            backbone,
-            mask_ratio=config.mask_ratio,
-            decoder_dim=config.decoder_dim,
-            decoder_depth=config.decoder_depth,
-            decoder_heads=config.decoder_heads,
-            norm_pix_loss=config.norm_pix_loss,
-        )
+        return cls(backbone, **config.options())
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predicted masked patches, their targets (pixels, unnormalised) and the mask indices."""

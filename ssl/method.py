@@ -12,8 +12,8 @@ the method's own file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -30,6 +30,10 @@ class MethodConfig:
 
     def check(self, context: BuildContext) -> None:
         """Refuse options that cannot work (``ArgumentError`` naming the field)."""
+
+    def options(self) -> dict[str, Any]:
+        """Every field but ``name``: the method's keyword arguments, named as its options."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
 
 
 @dataclass(frozen=True)

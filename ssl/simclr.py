@@ -66,14 +66,7 @@ class SimCLR(nn.Module):
     @classmethod
     def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> SimCLR:
         assert isinstance(config, SimCLRConfig)
-        return cls(
-            backbone,
-            proj_hidden_dim=config.proj_hidden_dim,
-            proj_output_dim=config.proj_output_dim,
-            temperature=config.temperature,
-            gather_distributed=context.distributed,
-            proj_num_layers=config.proj_num_layers,
-        )
+        return cls(backbone, gather_distributed=context.distributed, **config.options())
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
         """NT-Xent averaged over every pair of views (one pair for the usual two views)."""

@@ -91,12 +91,7 @@ class SimMIM(nn.Module):
     @classmethod
     def from_config(cls, backbone: Backbone, config: MethodConfig, context: BuildContext) -> SimMIM:
         assert isinstance(config, SimMIMConfig)
-        return cls(
-            backbone,
-            image_size=context.image_size,
-            mask_ratio=config.mask_ratio,
-            mask_patch_size=config.mask_patch_size,
-        )
+        return cls(backbone, image_size=context.image_size, **config.options())
 
     def random_mask(self, batch: int, device: torch.device) -> torch.Tensor:
         """``(B, 1, H, W)`` float mask, 1 on masked pixels, from whole masked patches."""

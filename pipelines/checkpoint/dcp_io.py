@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from selfsup import safe_pickle
 from selfsup.errors import CheckpointError, one_line
-from selfsup.pipelines.checkpoint.untrusted import carries_code, refused_global
+from selfsup.pipelines.checkpoint.untrusted import carries_code, torch_value, weights_only_load
 from selfsup.safe_pickle import CodeInPickle
 
 # DCP reports read failures as CheckpointException, which derives from BaseException.
@@ -98,11 +98,9 @@ _METADATA_GLOBALS = {
 
 
 def _metadata_allowed(module: str, name: str) -> bool:
-    if name in _METADATA_GLOBALS.get(module, ()):
+    if name in _METADATA_GLOBALS.get(module, ()) or (module, name) == ("torch", "Size"):
         return True
-    # torch.Size, torch.float32, ... : a dtype, layout or memory format by name
-    kinds = (torch.dtype, torch.layout, torch.memory_format)
-    return module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), kinds))
+    return torch_value(module, name, torch.dtype, torch.layout, torch.memory_format)
 
 
 class SafeFileSystemReader(dcp.FileSystemReader):
@@ -127,13 +125,8 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         # DefaultLoadPlanner.load_bytes with weights_only=True; the rest as there.
-        try:
-            loaded = torch.load(value, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            code = refused_global(exc)
-            if code is None:
-                raise  # damaged bytes, not code: reported as a corrupt checkpoint
-            raise code from None
+        # Damaged bytes raise UnpicklingError: reported as a corrupt checkpoint.
+        loaded = weights_only_load(value)
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
         else:
@@ -155,11 +148,10 @@ def check_byte_entries(path: Path) -> int:
             fh.seek(info.offset)
             entry = io.BytesIO(fh.read(info.length))
         try:
-            torch.load(entry, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            code = refused_global(exc)
-            if code is not None:
-                raise carries_code(path / info.relative_path, code) from None
+            weights_only_load(entry)
+        except CodeInPickle as exc:
+            raise carries_code(path / info.relative_path, exc) from None
+        except pickle.UnpicklingError:
             raise CheckpointError(
                 f"{path / info.relative_path} holds a damaged entry ({index.fqn}); delete the "
                 "checkpoint to resume from the one before"
@@ -177,10 +169,8 @@ def load_into(state: dict[str, Any], path: Path) -> None:
     with quiet_dcp():
         try:
             dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
-        except CodeInPickle as exc:
-            raise carries_code(path, exc) from None
         except DCP_ERRORS as exc:
-            code = _code_in(exc)
+            code = find_cause(exc, CodeInPickle)
             if code is not None:
                 raise carries_code(path, code) from None
             raise CheckpointError(
@@ -189,15 +179,20 @@ def load_into(state: dict[str, Any], path: Path) -> None:
             ) from exc
 
 
-def _code_in(exc: BaseException) -> CodeInPickle | None:
-    """The refused pickle behind a DCP failure (DCP wraps every rank's error), if any."""
-    if isinstance(exc, CheckpointException):
+ErrorT = TypeVar("ErrorT", bound=BaseException)
+
+
+def find_cause(exc: BaseException, kind: type[ErrorT]) -> ErrorT | None:
+    """The ``kind`` error behind a failure: itself, a rank's error DCP wrapped, or a cause."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, CheckpointException):  # DCP gathers every rank's error
         for failure in exc.failures.values():
             error = failure[0] if isinstance(failure, tuple) else failure
-            if isinstance(error, CodeInPickle):
-                return error
+            if isinstance(error, BaseException) and (found := find_cause(error, kind)):
+                return found
     cause = exc.__cause__ or exc.__context__
-    return _code_in(cause) if isinstance(cause, BaseException) and cause is not exc else None
+    return find_cause(cause, kind) if cause is not None and cause is not exc else None
 
 
 def check_model_keys(path: Path, model_sd: dict[str, Any], stored: dict[str, Any]) -> None:

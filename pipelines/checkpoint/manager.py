@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from selfsup.atomic import fsync_dir, fsync_file, fsync_tree, write_atomic
 from selfsup.errors import CheckpointError, one_line
+from selfsup.pipelines.checkpoint.dcp_io import find_cause
 from selfsup.pipelines.checkpoint.folders import (
     FORMAT,
     LATEST_FILE,
@@ -160,7 +161,7 @@ class CheckpointManager:
         return final
 
     def _write_failed(self, exc: BaseException) -> CheckpointError:
-        cause = _os_error_in(exc)
+        cause = find_cause(exc, OSError)
         previous = list_checkpoints(self.directory)
         if cause is not None and cause.errno == errno.ENOSPC:
             needed = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
@@ -246,16 +247,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
-
-
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind a failure (DCP wraps every rank's error in CheckpointException)."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, CheckpointException):
-        for failure in exc.failures.values():
-            error = failure[0] if isinstance(failure, tuple) else failure
-            if isinstance(error, BaseException) and (found := _os_error_in(error)):
-                return found
-    cause = exc.__cause__ or exc.__context__
-    return _os_error_in(cause) if cause is not None and cause is not exc else None

@@ -46,6 +46,7 @@ class ManifestCheck:
 
     folder: Path
     recorded: bool = True  # False: written before manifests existed; nothing to check
+    files: int = 0  # how many the manifest lists
     missing: list[str] = field(default_factory=list)
     wrong_size: list[str] = field(default_factory=list)
     altered: list[str] = field(default_factory=list)  # same size, other bytes
@@ -66,6 +67,14 @@ class ManifestCheck:
         ]
         return "; ".join(parts)
 
+    def raise_if_damaged(self) -> None:
+        """A one-line :class:`CheckpointError` naming the damaged files, if any."""
+        if not self.ok:
+            raise CheckpointError(
+                f"checkpoint {self.folder} is damaged ({self.problem()}); delete it to resume "
+                "from the one before, or copy the whole folder again"
+            )
+
 
 def check_manifest(folder: Path, hashes: bool = False) -> ManifestCheck:
     """Compare the files with the manifest: sizes always, SHA-256 too with ``hashes``."""
@@ -78,7 +87,7 @@ def check_manifest(folder: Path, hashes: bool = False) -> ManifestCheck:
         raise CheckpointError(
             f"{manifest} is unreadable ({exc}); the checkpoint is damaged"
         ) from exc
-    check = ManifestCheck(folder)
+    check = ManifestCheck(folder, files=len(entries))
     for name, entry in entries.items():
         path = folder / name
         if not path.is_file():
@@ -92,9 +101,4 @@ def check_manifest(folder: Path, hashes: bool = False) -> ManifestCheck:
 
 def require_intact(folder: Path, hashes: bool = False) -> None:
     """Raise a one-line :class:`CheckpointError` naming the damaged files, if any."""
-    check = check_manifest(folder, hashes=hashes)
-    if not check.ok:
-        raise CheckpointError(
-            f"checkpoint {folder} is damaged ({check.problem()}); delete it to resume from "
-            "the one before, or copy the whole folder again"
-        )
+    check_manifest(folder, hashes=hashes).raise_if_damaged()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,8 @@ import torch
 from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint import dcp_io, folders
 from selfsup.pipelines.checkpoint.manifest import (
-    MANIFEST_FILE,
     ManifestCheck,
     check_manifest,
-    require_intact,
 )
 from selfsup.pipelines.checkpoint.run_dir import (
     CHECKPOINT_DIR,
@@ -123,7 +120,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
     integrity = check_manifest(folder, hashes=True)
     files = [f for f in folder.iterdir() if f.is_file()]
     model_tensors = parameters = optimizer_tensors = None
-    if (folder / ".metadata").is_file():
+    if (folder / dcp_io.METADATA_FILE).is_file():
         stored = dcp_io.stored_keys(folder)
         model = {k: v for k, v in stored.items() if k.startswith("model.") and hasattr(v, "size")}
         model_tensors = len(model)
@@ -153,10 +150,9 @@ def verify_checkpoint(path: str | Path) -> str:
             f"{folder} has no manifest.json (written by an older selfsup): nothing to verify "
             "against; `selfsup checkpoint inspect` still reads it"
         )
-    require_intact(folder, hashes=True)
+    check.raise_if_damaged()
     refuse_code(folder)
-    files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
-    return f"{folder}: intact ({len(files)} files match their sizes and SHA-256)"
+    return f"{folder}: intact ({check.files} files match their sizes and SHA-256)"
 
 
 def check_export_target(out: Path, force: bool) -> None:

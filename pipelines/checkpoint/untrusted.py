@@ -14,7 +14,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -56,17 +56,32 @@ def _code_in_bare_pickle(path: Path) -> CodeInPickle | None:
     return None
 
 
+def weights_only_load(source: Path | IO[bytes], map_location: str | None = None) -> Any:
+    """``torch.load(source, weights_only=True)``; :class:`CodeInPickle` for a refused global.
+
+    Any other unpickling error (damaged bytes) propagates as it is.
+    """
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        code = refused_global(exc)
+        if code is None and isinstance(source, Path):
+            code = _code_in_bare_pickle(source)
+        if code is None:
+            raise
+        raise code from None
+
+
 def load_tensor_file(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with one-line errors.
 
     ``what`` names the file for the message ("RNG state file", "backbone file").
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return weights_only_load(path, map_location="cpu")
+    except CodeInPickle as exc:
+        raise carries_code(path, exc) from None
     except pickle.UnpicklingError as exc:
-        code = refused_global(exc) or _code_in_bare_pickle(path)
-        if code is not None:
-            raise carries_code(path, code) from None
         raise CheckpointError(
             f"{path} is not a readable {what} ({one_line(exc)}): it is damaged or of another format"
         ) from None
@@ -93,14 +108,17 @@ _DEEPSPEED_CLASSES = {
 }
 
 
+def torch_value(module: str, name: str, *kinds: type) -> bool:
+    """``torch.<name>`` names a value of one of ``kinds`` (``torch.float32``: a dtype)."""
+    return module == "torch" and isinstance(getattr(torch, name, None), kinds)
+
+
 def _deepspeed_allowed(module: str, name: str) -> bool:
     if name in {**_TORCH_REBUILD, **_DEEPSPEED_CLASSES}.get(module, set()):
         return True
-    kinds = (torch.dtype, torch.device)
-    return module == "torch" and (
-        name in ("Size", "Tensor", "device") or name.endswith("Storage")
-        or isinstance(getattr(torch, name, None), kinds)
-    )  # fmt: skip
+    if module == "torch" and (name in ("Size", "Tensor", "device") or name.endswith("Storage")):
+        return True
+    return torch_value(module, name, torch.dtype, torch.device)
 
 
 def scan_deepspeed_file(path: Path) -> None:

@@ -252,7 +252,6 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
-        resumed_from_step = self.resumed_from_step
         self._log_start()
         self.first_step = self.state.step
         throughput = Throughput(
@@ -276,7 +275,7 @@ class Trainer:
         finally:
             stop.uninstall()
             self.monitor.close()
-        return self._result(resumed_from_step, stopped_by)
+        return self._result(stopped_by)
 
     def step(self, step: int, micro_batches: list[ViewBatch]) -> None:
         """One optimizer step over ``micro_batches``, then images and logging when due."""
@@ -353,7 +352,7 @@ class Trainer:
             f"{DIVERGENCE_ADVICE[self.config.train.precision]}"
         )
 
-    def _result(self, resumed_from_step: int | None, stopped_by: str | None) -> TrainResult:
+    def _result(self, stopped_by: str | None) -> TrainResult:
         step, total = self.state.step, self.total_steps
         if stopped_by:
             log.info(
@@ -369,7 +368,7 @@ class Trainer:
             run_dir=self.run_dir,
             step=step,
             total_steps=total,
-            resumed_from_step=resumed_from_step,
+            resumed_from_step=self.resumed_from_step,
             final_loss=self.last_loss if self.last_loss is not None else self.monitor.last_loss,
             stopped_by=stopped_by,
         )
