@@ -188,6 +188,19 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def load_report(run_dir: Path) -> dict[str, Any]:
+    """The probe report of a run (or a report.json path); one-line errors otherwise."""
+    report = load_report_if_any(run_dir)
+    if report is None:
+        from selfsup.errors import SelfsupError
+
+        raise SelfsupError(
+            f"{run_dir / REPORT_JSON} not found; run `selfsup probe {run_dir}` first"
+        )
+    return report
+
+
+def load_report_if_any(run_dir: Path) -> dict[str, Any] | None:
+    """The probe report of a run, None when the run is not probed yet."""
     from selfsup.errors import SelfsupError
 
     if not run_dir.exists():
@@ -199,7 +212,7 @@ def load_report(run_dir: Path) -> dict[str, Any]:
             "written by `selfsup train`"
         )
     if not path.is_file():
-        raise SelfsupError(f"{path} not found; run `selfsup probe {run_dir}` first")
+        return None
     try:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -266,3 +279,50 @@ def comparison(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             )
         rows.append(row)
     return header, rows
+
+
+TRANSFER_HEADER = [
+    "run", "kNN (trained / random init)", "linear (trained / random init)",
+    "head_then_unfreeze (pretrained / scratch)", "full (pretrained / scratch)",
+]  # fmt: skip
+NOT_EVALUATED = "not evaluated yet: run `selfsup probe RUN` and `selfsup finetune RUN`"
+
+
+def _pair(trained: float | None, control: float | None) -> str:
+    if trained is None:
+        return "-"
+    return f"{trained:.2f} / {control:.2f}" if control is not None else f"{trained:.2f} / -"
+
+
+def transfer_cells(
+    probe_report: dict[str, Any] | None, finetunes: list[dict[str, Any]]
+) -> dict[str, dict[str, str]]:
+    """One run's cells by dataset, then by column (kNN, linear, each fine-tune recipe)."""
+    cells: dict[str, dict[str, str]] = {}
+    for r in (probe_report or {}).get("probe", {}).get("results", []):
+        base = r.get("random_init") or {}
+        cells.setdefault(r["dataset"], {}).update(
+            knn=_pair(r["trained"]["knn_top1"], base.get("knn_top1")),
+            linear=_pair(r["trained"]["linear_top1"], base.get("linear_top1")),
+        )
+    for report in finetunes:
+        scores = report.get("test_accuracy", {})
+        row = cells.setdefault(report["dataset"], {})
+        if report["recipe"] != "linear" or "linear" not in row:
+            row[report["recipe"]] = _pair(scores.get("pretrained"), scores.get("scratch"))
+    return cells
+
+
+def transfer_tables(
+    runs: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]]],
+) -> dict[str, list[list[str]]]:
+    """Rows of :data:`TRANSFER_HEADER` by dataset; a run with no result anywhere says so."""
+    by_run = [(name, transfer_cells(probe, finetunes)) for name, probe, finetunes in runs]
+    datasets = [d for _, cells in by_run for d in cells]
+    tables: dict[str, list[list[str]]] = {d: [] for d in dict.fromkeys(datasets)}
+    for name, cells in by_run:
+        for dataset, rows in tables.items():
+            row = cells.get(dataset, {})
+            columns = ("knn", "linear", "head_then_unfreeze", "full")
+            rows.append([name, *(row.get(c, "-") for c in columns)])
+    return tables

@@ -37,14 +37,18 @@ from selfsup.pipelines.data.train_loader import LOADERS
 from selfsup.pipelines.runtime.cpus import AUTO
 from selfsup.pipelines.runtime.engines import ENGINES
 from selfsup.pipelines.runtime.engines.base import DEVICES, EVAL_PRECISIONS, PRECISIONS
-from selfsup.pipelines.train.optim import OPTIMIZERS
+from selfsup.pipelines.train.optim import OPTIMIZERS, SCHEDULES
 from selfsup.registry import UnknownName
 from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import SOURCES, VIT_POOLS
+from selfsup.ssl.classifier import MAX_HIDDEN_LAYERS
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig
 from selfsup.ssl.methods import default_method_config
 
 BASE_KEY = "_base_"
+# Fine-tune recipes (selfsup.eval.finetune runs them; configs/finetune/<name>.yaml sets them).
+FINETUNE_RECIPES = ("head_then_unfreeze", "full", "linear")
+FINETUNE_CROPS = ("pad", "resized")
 
 
 @dataclass
@@ -104,6 +108,9 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak lr
     clip_grad_norm: float | None = None
+    schedule: str = "cosine"  # cosine | step | onecycle (each after warmup_epochs)
+    step_epochs: list[int] = field(default_factory=list)  # step: epochs where lr x step_gamma
+    step_gamma: float = 0.1
     exclude_bias_and_norm: bool = True  # no weight decay (and no LARS scaling) on biases and norms
 
 
@@ -163,6 +170,51 @@ class ProbeConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Full fine-tune transfer (``selfsup finetune``); recipes in configs/finetune/ set these.
+
+    ``recipe``: ``head_then_unfreeze`` (frozen base + MLP head for ``epochs``,
+    then everything for ``unfreeze_epochs`` at ``unfreeze_lr_factor`` x the
+    rate), ``full`` (every layer from the start for ``epochs``) or ``linear``
+    (the frozen-feature probe of the ``probe:`` section).
+    """
+
+    recipe: str = "full"  # head_then_unfreeze | full | linear
+    datasets: list[str] = field(default_factory=lambda: ["cifar10", "fashion_mnist"])
+    data_path: str | None = None  # root holding the datasets; None: search default places
+    image_size: int | None = None  # None: the backbone's training resolution
+    train_samples: int | None = 10000  # training images (None: the split less validation)
+    val_fraction: float = 0.1  # validation images, as a share of the training images
+    test_samples: int | None = None  # None: the whole test split, scored once
+    batch_size: int = 128
+    num_workers: int | str = "auto"
+    epochs: int = 10  # full: all epochs; head_then_unfreeze: phase 1 (frozen base)
+    unfreeze_epochs: int = 10  # head_then_unfreeze: phase 2 (everything trained)
+    unfreeze_lr_factor: float = 0.1  # phase 2's rate as a share of phase 1's
+    head_hidden: list[int] = field(default_factory=list)  # [] linear head; [256, 128] MLP
+    head_dropout: float = 0.0
+    optimizer: str = "adamw"  # sgd | lars | adamw
+    base_lr: float = 1e-3  # per 256 images, as optim.base_lr
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | step | onecycle
+    step_epochs: list[int] = field(default_factory=list)  # step: epochs where lr x step_gamma
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.1
+    layer_decay: float | None = None  # ViTs: None -> 0.65 (0.75 above vit_base); 1.0: off
+    drop_path: float = 0.1  # ViTs: stochastic depth rate
+    crop: str = "pad"  # pad (random crop of the padded image) | resized (random-resized crop)
+    crop_padding: int = 4
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # crop=resized
+    hflip_prob: float = 0.5
+    mixup: float = 0.0  # timm's Mixup alpha (0: off)
+    cutmix: float = 0.0  # timm's CutMix alpha (0: off)
+    baseline: bool = True  # also fine-tune the same architecture from random init (scratch)
+    log_every: int = 10  # steps between TensorBoard scalars
+
+
+@dataclass
 class RunConfig:
     """Everything a pretraining run needs; saved as ``config.yaml`` in its run directory."""
 
@@ -179,6 +231,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
@@ -210,6 +263,11 @@ def choices() -> dict[str, tuple[str, ...]]:
         "model.pool": VIT_POOLS,
         "method.name": METHODS.names(),
         "optim.name": OPTIMIZERS.names(),
+        "optim.schedule": SCHEDULES.names(),
+        "finetune.recipe": FINETUNE_RECIPES,
+        "finetune.optimizer": OPTIMIZERS.names(),
+        "finetune.schedule": SCHEDULES.names(),
+        "finetune.crop": FINETUNE_CROPS,
         "train.precision": tuple(PRECISIONS),
         "train.device": DEVICES,
         "train.engine": ENGINES.names(),
@@ -270,7 +328,19 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def with_section_overrides(config: RunConfig, section: str, overrides: Sequence[str]) -> RunConfig:
     """Apply overrides to one section; keys may omit the section prefix (``epochs=50``)."""
     prefixed = [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides]
-    return _build([(_parse_overrides(prefixed), "command line")], base=config)
+    return with_overrides(config, prefixed)
+
+
+def with_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """Apply ``key=value`` overrides (full dotted keys) over ``config``."""
+    if not overrides:
+        return config
+    return _build([(_parse_overrides(overrides), "command line")], base=config)
+
+
+def with_recipe(config: RunConfig, path: Path) -> RunConfig:
+    """Merge a recipe file (e.g. ``configs/finetune/full.yaml``) over ``config``."""
+    return _build([(_read_recipe(path), str(path))], base=config)
 
 
 def config_from_dict(values: dict[str, Any], source: str = "saved config") -> RunConfig:
@@ -428,9 +498,58 @@ def validate(config: RunConfig) -> None:
                 f"{', '.join(d for d in known_datasets if d != 'imagefolder')} "
                 "(imagefolder needs probe.data_path or probe.betons)"
             )
+    _validate_finetune(config.finetune, known_datasets)
     context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
     with config_keys_in_errors(config.method):
         config.method.check(context)
+
+
+def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> None:
+    """The ``finetune:`` section's ranges (its choices are checked with the others)."""
+    if not 0.0 < ft.val_fraction < 1.0:  # NaN fails too
+        raise ConfigError(
+            f"config key 'finetune.val_fraction' must be strictly between 0 and 1 (the share "
+            f"of training images held out for validation), got {ft.val_fraction}"
+        )
+    positive: dict[str, float] = {
+        "finetune.batch_size": ft.batch_size,
+        "finetune.epochs": ft.epochs,
+        "finetune.unfreeze_epochs": ft.unfreeze_epochs,
+        "finetune.base_lr": ft.base_lr,
+        "finetune.unfreeze_lr_factor": ft.unfreeze_lr_factor,
+        "finetune.log_every": ft.log_every,
+    }
+    for key, value in positive.items():
+        if not 0 < value < math.inf:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    for key, count in (
+        ("finetune.train_samples", ft.train_samples),
+        ("finetune.test_samples", ft.test_samples),
+    ):
+        if count is not None and count <= 0:
+            raise ConfigError(f"config key '{key}' must be positive or null, got {count}")
+    if ft.layer_decay is not None and not 0 < ft.layer_decay <= 1:
+        raise ConfigError(
+            f"config key 'finetune.layer_decay' must be in (0, 1] (1: no decay), got "
+            f"{ft.layer_decay}"
+        )
+    for name in ft.datasets:
+        if name not in known_datasets or name == "imagefolder":
+            raise ConfigError(
+                f"config key 'finetune.datasets' holds '{name}'"
+                f"{did_you_mean(name, known_datasets)}; valid datasets: "
+                f"{', '.join(d for d in known_datasets if d != 'imagefolder')}"
+            )
+    _pair(ft.crop_scale, "finetune.crop_scale")
+    if len(ft.head_hidden) > MAX_HIDDEN_LAYERS or any(w <= 0 for w in ft.head_hidden):
+        raise ConfigError(
+            f"config key 'finetune.head_hidden' is {list(ft.head_hidden)}; it takes at most "
+            f"{MAX_HIDDEN_LAYERS} positive widths (the classic transfer head: [256, 128])"
+        )
+    if not 0 <= ft.head_dropout < 1 or not 0 <= ft.label_smoothing < 1:
+        raise ConfigError(
+            "config keys 'finetune.head_dropout' and 'finetune.label_smoothing' must be in [0, 1)"
+        )
 
 
 def _pair(values: list[float], key: str) -> tuple[float, float]:

@@ -66,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default="auto", help="auto | cpu | cuda")
     probe.set_defaults(func=cmd_probe)
 
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a pretrained backbone (and a scratch control) on labelled datasets",
+    )
+    finetune.add_argument("source", help="run directory, checkpoint folder or backbone .pt")
+    finetune.add_argument("overrides", nargs="*", help="finetune.* keys (epochs=5), train.* keys")
+    finetune.add_argument("--datasets", help="comma-separated, e.g. cifar10,fashion_mnist")
+    finetune.add_argument(
+        "--recipe", help="head_then_unfreeze | full | linear (configs/finetune/) or a .yaml"
+    )
+    finetune.add_argument("--data", help="root holding the datasets")
+    finetune.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    finetune.add_argument("--out", help="where finetune/ goes (default: the run directory)")
+    finetune.set_defaults(func=cmd_finetune)
+
     data = commands.add_parser("data", help="write and inspect FFCV .beton files")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
     write = data_commands.add_parser(
@@ -226,12 +241,58 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from selfsup.eval.report import comparison, load_report
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from selfsup.eval.finetune import finetune, load_source, output_dir
+    from selfsup.eval.finetune_settings import finetune_settings
 
-    reports = [load_report(Path(run)) for run in args.runs]
-    header, rows = comparison(reports)
-    _print_table("runs", header, rows)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data_path={args.data}")
+    if args.datasets:
+        overrides.append(f"datasets=[{args.datasets}]")
+    config = finetune_settings(Path(args.source), args.recipe, overrides)
+    source = load_source(args.source, config, baseline=config.finetune.baseline)
+    out = output_dir(source, args.out)
+    for result in finetune(source, config.finetune, out, args.device):
+        accuracies = ", ".join(
+            f"{init} {acc:.2f}%" for init, acc in result_accuracies(result).items()
+        )
+        print(f"{result.dataset} {result.recipe}: test top-1 {accuracies}")
+    print(f"reports: {out / 'finetune'}/<dataset>/{config.finetune.recipe}/report.md")
+    return 0
+
+
+def result_accuracies(result) -> dict:
+    from dataclasses import asdict
+
+    from selfsup.eval.finetune_report import test_accuracies
+
+    return {k: v for k, v in test_accuracies(asdict(result)).items() if v is not None}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.eval.finetune_report import read_recipe_reports
+    from selfsup.eval.report import (
+        NOT_EVALUATED,
+        TRANSFER_HEADER,
+        comparison,
+        load_report_if_any,
+        transfer_tables,
+    )
+
+    runs = []
+    for run in map(Path, args.runs):
+        probe_report = load_report_if_any(run)
+        finetunes = read_recipe_reports(run) if run.is_dir() else []
+        runs.append((run.name if run.is_dir() else str(run), probe_report, finetunes))
+    probed = [probe for _, probe, _ in runs if probe is not None]
+    if probed:
+        _print_table("runs", *comparison(probed))
+    for dataset, rows in transfer_tables(runs).items():
+        _print_table(f"{dataset}: test top-1 (%)", TRANSFER_HEADER, rows)
+    for name, probe_report, finetunes in runs:
+        if probe_report is None and not finetunes:
+            print(f"{name}: {NOT_EVALUATED.replace('RUN', name)}")
     return 0
 
 

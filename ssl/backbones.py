@@ -57,6 +57,7 @@ class BackboneOptions:
     image_size: int = 224  # ViTs: the position embedding's grid
     patch_size: int | None = None  # ViTs: None -> 16 from 128 px up, else 4
     pool: str = "token"  # ViTs: token | avg
+    drop_path: float = 0.0  # ViTs: stochastic depth rate (fine-tuning); no parameters change
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def _vit(timm_name: str) -> Callable[[BackboneOptions], nn.Module]:
             patch_size=patch,
             global_pool=options.pool,
             dynamic_img_size=False,
+            drop_path_rate=options.drop_path,
         )
 
     return build
@@ -134,6 +136,7 @@ def build_backbone(
     image_size: int = 224,
     patch_size: int | None = None,
     pool: str = "token",
+    drop_path: float = 0.0,
 ) -> Backbone:
     """Build a randomly initialised backbone by registry name."""
     spec = BACKBONES.get(name)
@@ -145,7 +148,7 @@ def build_backbone(
             "set source=auto",
             "source",
         )
-    options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool)
+    options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool, drop_path)
     return Backbone(spec.build(options), spec.feature_dim, name)
 
 

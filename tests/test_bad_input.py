@@ -144,6 +144,37 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda run, s, b: ["train", DEMO, *b, f"run_dir={_write(s / 'notes.txt', 'x').parent}"],
         "is not a selfsup run directory",
     ),
+    "finetune with an unknown recipe": (
+        lambda run, s, b: ["finetune", str(run), "--recipe", "fulll"],
+        "unknown fine-tune recipe 'fulll' (did you mean 'full'?)",
+    ),
+    "finetune on an unknown dataset": (
+        lambda run, s, b: ["finetune", str(run), "--datasets", "cifar100"],
+        "'finetune.datasets' holds 'cifar100'",
+    ),
+    "finetune with its dataset folder missing": (
+        lambda run, s, b: [
+            "finetune",
+            str(run),
+            "--datasets",
+            "fashion_mnist",
+            "--data",
+            str(s / "nowhere"),
+        ],
+        "nowhere",
+    ),
+    "finetune a file that is not a backbone": (
+        lambda run, s, b: ["finetune", str(_write(s / "notes.pt", "hello"))],
+        "is not a torch weights file",
+    ),
+    "finetune with a validation share of 1.5": (
+        lambda run, s, b: ["finetune", str(run), "val_fraction=1.5"],
+        "'finetune.val_fraction' must be strictly between 0 and 1",
+    ),
+    "finetune with a head of 5 hidden layers": (
+        lambda run, s, b: ["finetune", str(run), "head_hidden=[8,8,8,8,8]"],
+        "'finetune.head_hidden' is [8, 8, 8, 8, 8]; it takes at most 4",
+    ),
 }
 if not torch.cuda.is_available():
     CASES["probe on a missing GPU"] = (

@@ -124,12 +124,13 @@ def test_probe_bad_paths(capsys, tmp_path, make, fragment):
     assert_one_line_error(code, err, fragment)
 
 
-def test_report_without_probe(capsys, tmp_path):
+def test_report_lists_a_run_not_yet_evaluated(capsys, tmp_path):
     from selfsup.pipelines.config import RunConfig, save_config
 
     save_config(RunConfig(), tmp_path / "config.yaml")  # a run directory, not yet probed
-    code, _, err = run_cli(capsys, "report", str(tmp_path))
-    assert_one_line_error(code, err, "report.json not found", "selfsup probe")
+    code, out, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 0, err
+    assert f"{tmp_path.name}: not evaluated yet: run `selfsup probe {tmp_path.name}`" in out
     code, _, err = run_cli(capsys, "report", str(tmp_path / "elsewhere"))
     assert_one_line_error(code, err, "elsewhere does not exist")
 

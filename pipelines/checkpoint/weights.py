@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepsp
 from selfsup.pipelines.config import RunConfig, load_saved_config
 from selfsup.ssl.backbones import Backbone, build_backbone
 
+log = logging.getLogger(__name__)
+
 FORMAT = "selfsup.backbone/1"
+# A fine-tuned classifier (selfsup finetune): its backbone is usable as one.
+CLASSIFIER_FORMAT = "selfsup.classifier/1"
+CLASSIFIER_TRUNK = "backbone.trunk."
 
 
 @dataclass
@@ -45,15 +51,20 @@ class BackboneInfo:
     patch_size: int | None = None  # ViTs
     pool: str = "token"  # ViTs
 
-    def build(self) -> Backbone:
-        """A fresh backbone of this architecture (random weights)."""
+    def build(self, image_size: int | None = None, drop_path: float = 0.0) -> Backbone:
+        """A fresh backbone of this architecture (random weights).
+
+        ``image_size`` rebuilds a ViT's position grid for another resolution;
+        ``drop_path`` sets a ViT's stochastic depth (fine-tuning).
+        """
         return build_backbone(
             self.name,
             self.source,
             self.cifar_stem,
-            image_size=self.image_size,
+            image_size=image_size or self.image_size,
             patch_size=self.patch_size,
             pool=self.pool,
+            drop_path=drop_path,
         )
 
 
@@ -131,11 +142,17 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
             "run directory, a checkpoints/step_* folder or a backbone .pt file"
         )
     payload = load_tensor_file(path, "torch weights file")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind not in (FORMAT, CLASSIFIER_FORMAT):
         raise CheckpointError(
             f"{path} is not a selfsup backbone file (expected format {FORMAT!r}); "
             "export one with `selfsup checkpoint export`"
         )
+    state = payload["state_dict"]
+    if kind == CLASSIFIER_FORMAT:  # knowingly: the classifier's backbone, its head dropped
+        log.info("%s is a fine-tuned classifier: using its backbone, without its head", path)
+        state = {k[len(CLASSIFIER_TRUNK) :]: v for k, v in state.items()
+                 if k.startswith(CLASSIFIER_TRUNK)}  # fmt: skip
     spec = payload["backbone"]
     info = BackboneInfo(
         name=spec["name"],
@@ -152,7 +169,7 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
         seed=int(payload.get("seed", 0)),
     )
     backbone = info.build()
-    result = backbone.trunk.load_state_dict(payload["state_dict"], strict=False)
+    result = backbone.trunk.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path} does not match a {info.name} backbone (missing: "

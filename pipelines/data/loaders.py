@@ -99,15 +99,32 @@ class _Sized:
         return self.size
 
 
-class MultiViewCrops(Dataset):
-    """``num_views`` independent random-resized crops of each image, seeded per sample."""
+def crop_transform(spec: ViewSpec) -> v2.Transform:
+    """``resized``: random-resized crop (SSL, ImageNet-style); ``pad``: the CIFAR crop.
 
-    def __init__(
-        self, base: ImageDataset, image_size: int, crop_scale: tuple[float, float], num_views: int
-    ) -> None:
+    ``pad`` resizes the shorter side to ``image_size`` (Fashion-MNIST's 28 px
+    to 32), centre-crops, pads ``padding`` zero pixels on every side and takes
+    a random ``image_size`` crop, the standard supervised CIFAR augmentation.
+    """
+    size = spec.image_size
+    if spec.crop == "pad":
+        return v2.Compose(
+            [
+                v2.Resize(size, antialias=True),
+                v2.CenterCrop(size),
+                v2.RandomCrop(size, padding=spec.padding),
+            ]
+        )
+    return v2.RandomResizedCrop(size, scale=spec.crop_scale, antialias=True)
+
+
+class MultiViewCrops(Dataset):
+    """``num_views`` independent random crops of each image, seeded per sample."""
+
+    def __init__(self, base: ImageDataset, spec: ViewSpec) -> None:
         self.base = base
-        self.num_views = num_views
-        self.crop = v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True)
+        self.num_views = spec.num_views
+        self.crop = crop_transform(spec)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -166,6 +183,8 @@ class ViewSpec:
     seed: int
     rank: int = 0
     world_size: int = 1
+    crop: str = "resized"  # resized | pad (see crop_transform)
+    padding: int = 4  # crop=pad
 
 
 class TorchvisionTrainLoader:
@@ -184,7 +203,7 @@ class TorchvisionTrainLoader:
                 f"per process on {world_size} process(es); lower data.batch_size"
             )
         self.loader = DataLoader(
-            MultiViewCrops(dataset, spec.image_size, spec.crop_scale, spec.num_views),
+            MultiViewCrops(dataset, spec),
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=spec.num_workers,

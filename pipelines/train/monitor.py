@@ -108,6 +108,8 @@ class Monitor:
             "lr": f"{lr:.3g}",
             "img_s": f"{self.images_per_second or 0:.0f}",
         }
+        if "accuracy" in means:  # supervised objectives (fine-tuning)
+            postfix["acc"] = f"{means['accuracy']:.1f}%"
         if self.throughput is not None and self.steps_per_second is not None:
             achieved = self.throughput.achieved(self.steps_per_second)
             mfu = self.throughput.mfu(self.steps_per_second)

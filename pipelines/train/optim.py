@@ -65,22 +65,118 @@ def _adamw(groups: list[dict[str, Any]], lr: float, cfg: OptimConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=cfg.weight_decay)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.name`` over the model's parameters, at the scaled peak rate."""
-    return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg), peak_lr(cfg, global_batch), cfg)
+def layer_decay_groups(
+    model: nn.Module, trunk: nn.Module, cfg: OptimConfig, decay: float
+) -> list[dict[str, Any]]:
+    """Layer-wise learning-rate decay (MAE/BEiT fine-tuning) for a timm ViT ``trunk`` in ``model``.
+
+    timm's ``param_groups_layer_decay`` numbers the trunk's layers (patch
+    embedding 0, block ``i`` as ``i + 1``, the final norm ``depth``) and
+    scales each by ``decay ** (depth - layer)``, the trunk's top at the full
+    rate. Here the head is one layer above the trunk (as in MAE's
+    ``param_groups_lrd``), so every trunk scale takes one more factor of
+    ``decay``: block ``i`` trains at ``lr * decay ** (depth - i)``, the patch
+    embedding at ``lr * decay ** (depth + 1)``, and every parameter of
+    ``model`` outside the trunk (the head) at the full rate.
+    """
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(
+        trunk, weight_decay=cfg.weight_decay, layer_decay=decay,
+        no_weight_decay_list=list(getattr(trunk, "no_weight_decay", set)()),
+    )  # fmt: skip
+    for group in groups:
+        group["lr_scale"] = group.get("lr_scale", 1.0) * decay
+    in_trunk = {id(p) for p in trunk.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in in_trunk and p.requires_grad]
+    decayed = [p for p in rest if p.ndim > 1]
+    plain = [p for p in rest if p.ndim <= 1]
+    groups += [
+        {"params": decayed, "lr_scale": 1.0, "weight_decay": cfg.weight_decay, "name": "head"},
+        {"params": plain, "lr_scale": 1.0, "weight_decay": 0.0, "name": "head_no_decay"},
+    ]
+    for group in groups:
+        group["params"] = [p for p in group["params"] if p.requires_grad]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    global_batch: int,
+    groups: list[dict[str, Any]] | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.name`` over ``groups`` (default :func:`param_groups`) at the peak rate.
+
+    A group's ``lr_scale`` (layer-wise decay) multiplies its rate; the schedule
+    then scales every group by the same factor.
+    """
+    groups = groups if groups is not None else param_groups(model, cfg)
+    peak = peak_lr(cfg, global_batch)
+    optimizer = OPTIMIZERS.get(cfg.name)(groups, peak, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = peak * group.get("lr_scale", 1.0)
+    return optimizer
+
+
+# (optimizer, config, total steps, steps per epoch, warmup steps) -> schedule
+ScheduleBuilder = Callable[
+    [torch.optim.Optimizer, "OptimConfig", int, int, int], torch.optim.lr_scheduler.LRScheduler
+]
+SCHEDULES: Registry[ScheduleBuilder] = Registry("schedule")
+
+
+@SCHEDULES.decorator("cosine")
+def _cosine(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int, per_epoch: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return CosineWarmupScheduler(
+        optimizer, warmup_epochs=warmup, max_epochs=total, end_value=cfg.min_lr_ratio
+    )
+
+
+# step and onecycle are LambdaLRs (not StepLR/OneCycleLR) so that every
+# schedule's state is its position alone, which a checkpoint restores and a
+# longer resumed run re-shapes (see apply_schedule).
+@SCHEDULES.decorator("step")
+def _step(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int, per_epoch: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    milestones = sorted(int(e) * per_epoch for e in cfg.step_epochs)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return cfg.step_gamma ** sum(step >= m for m in milestones)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@SCHEDULES.decorator("onecycle")
+def _onecycle(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int, per_epoch: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    # Smith's one-cycle: from 1/25 of the peak up over the warm-up (30% of the
+    # run when warmup_epochs is 0), then cosine down to 1/1e4 of the start.
+    rise = warmup or max(1, int(0.3 * total))
+    start, end = 1 / 25, 1 / 25 / 1e4
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return start + (1 - start) * step / rise
+        progress = (step - rise) / max(1, total - rise)
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
-) -> CosineWarmupScheduler:
-    """Linear warmup over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` x peak."""
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup over ``warmup_epochs``, then ``cfg.schedule`` (cosine: to ``min_lr_ratio``)."""
     warmup_steps = min(math.ceil(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    return CosineWarmupScheduler(
-        optimizer,
-        warmup_epochs=warmup_steps,
-        max_epochs=total_steps,
-        end_value=cfg.min_lr_ratio,
-    )
+    build = SCHEDULES.get(cfg.schedule)
+    return build(optimizer, cfg, total_steps, steps_per_epoch, warmup_steps)
 
 
 # Set by the scheduler from the schedule's position, not by the config.

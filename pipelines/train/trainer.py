@@ -21,9 +21,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ from selfsup.pipelines.train.optim import (
 )
 from selfsup.pipelines.train.throughput import Throughput, count_step_flops
 from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
+from selfsup.ssl.classifier import Labelled
 from selfsup.ssl.outputs import StepOutput
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,19 @@ class TrainResult:
         return self.step >= self.total_steps
 
 
-def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
-    """Pretrain as configured; resume from the run directory's newest checkpoint."""
-    # Shapes only, on the meta device: a backbone/method/size mismatch is refused
-    # before a run directory is created or a process group is started.
-    with torch.device("meta"):
-        build_model(config)
+def train(
+    config: RunConfig, engine: Engine | None = None, parts: PartsFactory | None = None
+) -> TrainResult:
+    """Train as configured; resume from the run directory's newest checkpoint.
+
+    ``parts`` builds the model, loader and hooks (default: pretraining with
+    the configured method); fine-tuning passes its own.
+    """
+    if parts is None:
+        # Shapes only, on the meta device: a backbone/method/size mismatch is refused
+        # before a run directory is created or a process group is started.
+        with torch.device("meta"):
+            build_model(config)
     own_engine = engine is None
     engine = engine or build_engine(config)
     try:
@@ -98,7 +107,7 @@ def train(config: RunConfig, engine: Engine | None = None) -> TrainResult:
         run_dir = prepare_run_dir(config, resuming=resuming, is_main=engine.is_main)
         engine.barrier()
         with run_log_file(run_dir, enabled=engine.is_main):
-            trainer = Trainer(config, engine, run_dir)
+            trainer = Trainer(config, engine, run_dir, parts)
             if resume_from is not None:
                 trainer.resume(resume_from)
             commit_run_config(config, resuming=resuming, is_main=engine.is_main)
@@ -140,19 +149,21 @@ def optimizer_steps(
 
 
 def optimizer_step(
-    engine: Engine, model: nn.Module, micro_batches: Iterable[list[torch.Tensor]], accum: int
+    engine: Engine, model: nn.Module, micro_batches: Iterable[Any], accum: int
 ) -> list[StepOutput]:
-    """One optimizer step: forward and backward over ``accum`` micro-batches of views, then update.
+    """One optimizer step: forward and backward over ``accum`` micro-batches, then update.
 
-    ``micro_batches`` may be a generator, so each micro-batch is made (and
-    augmented) just before its forward pass. This is the whole training step;
-    ``bench/train_step.py`` times it against the same step in plain torch.
+    Each micro-batch is the model's one argument: a list of views for a
+    self-supervised method, :class:`~selfsup.ssl.classifier.Labelled` views
+    for a supervised objective. ``micro_batches`` may be a generator, so each
+    is made (and augmented) just before its forward pass. This is the whole
+    training step; ``bench/train_step.py`` times it against plain torch.
     """
     outputs = []
-    for i, views in enumerate(micro_batches):
+    for i, inputs in enumerate(micro_batches):
         with engine.sync_context(last=i == accum - 1):
             with engine.autocast():
-                output = model(views)
+                output = model(inputs)
             engine.backward(output.loss)
         outputs.append(output)
     engine.step()
@@ -167,16 +178,25 @@ class Trainer:
     methods of their own, so other loops (fine-tuning, distillation) reuse them.
     """
 
-    def __init__(self, config: RunConfig, engine: Engine, run_dir: Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        engine: Engine,
+        run_dir: Path,
+        parts: PartsFactory | None = None,
+    ) -> None:
         self.config, self.engine, self.run_dir = config, engine, run_dir
         self.started = time.perf_counter()
         seed_everything(config.train.seed)  # identical initial weights on every rank
-        model = build_model(config, distributed=engine.world_size > 1)
-        self.loader = build_train_loader(config, engine.rank, engine.world_size, engine.device)
-        self.augment = build_augment(config).to(engine.device)
+        self.parts = (parts or pretraining_parts)(config, engine)
+        model = self.parts.model
+        self.loader = self.parts.loader
+        self.augment = self.parts.augment.to(engine.device)
         self.accum = engine.grad_accum_steps
         self.global_batch = config.data.batch_size * engine.world_size * self.accum
-        self.optimizer = build_optimizer(model, config.optim, self.global_batch)
+        self.optimizer = build_optimizer(
+            model, config.optim, self.global_batch, self.parts.param_groups
+        )
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = config.train.max_steps or config.train.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(
@@ -206,6 +226,9 @@ class Trainer:
         self.resumed_from_step: int | None = None
         self.preview: torch.Tensor | None = None  # the images reconstructions are drawn for
         self.monitor: Monitor | None = None
+        # This epoch's loss and metric sums on the device (read at its end).
+        self.epoch_sums: dict[str, torch.Tensor] = {}
+        self.epoch_records = 0
 
     def _steps_per_epoch(self) -> int:
         steps = self.loader.steps_per_epoch // self.accum
@@ -244,7 +267,8 @@ class Trainer:
         log.info(
             "training %s/%s on %s: %d steps (%d per epoch), batch %d x %d process(es) x %d "
             "accumulation, peak lr %.4g, %s on %s, engine %s",
-            config.method.name, config.model.backbone, config.data.dataset, self.total_steps,
+            self.parts.label or config.method.name, config.model.backbone, config.data.dataset,
+            self.total_steps,
             self.steps_per_epoch, config.data.batch_size, engine.world_size, self.accum,
             peak_lr(config.optim, self.global_batch), config.train.precision, engine.device,
             engine.name,
@@ -254,9 +278,8 @@ class Trainer:
         """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
         self._log_start()
         self.first_step = self.state.step
-        throughput = Throughput(
-            _step_flops(self.config, self.accum), self.engine.device, self.config.train.peak_tflops
-        )
+        flops = _step_flops(self.config, self.accum) if self.parts.count_flops else None
+        throughput = Throughput(flops, self.engine.device, self.config.train.peak_tflops)
         self.monitor = Monitor(
             self.run_dir, self.total_steps, self.state.step, self.global_batch,
             enabled=self.engine.is_main, throughput=throughput,
@@ -267,6 +290,8 @@ class Trainer:
             steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
             while self.state.step < self.total_steps:
                 self.step(*next(steps))
+                if self.state.step % self.steps_per_epoch == 0:
+                    self._end_epoch()
                 stopping = self.engine.any_rank(bool(stop))
                 self.checkpoints.save(self.state.step, force=stopping)
                 if stopping:
@@ -284,6 +309,7 @@ class Trainer:
         views = self._augmented(step, micro_batches)
         for output in optimizer_step(self.engine, self.model, views, self.accum):
             self.monitor.record(output.loss, output.metrics)
+            self._add_to_epoch({"loss": output.loss, **output.metrics})
             self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
@@ -297,18 +323,43 @@ class Trainer:
         """True every ``every`` steps and at the last step."""
         return self.state.step % every == 0 or self.state.step == self.total_steps
 
-    def _augmented(self, step: int, micro_batches: list[ViewBatch]) -> Iterator[list[torch.Tensor]]:
-        """Each micro-batch on the device and augmented, just before its forward pass."""
+    def _augmented(self, step: int, micro_batches: list[ViewBatch]) -> Iterator[Any]:
+        """Each micro-batch on the device, augmented, as the model's input, just before its use."""
         engine, data, seed = self.engine, self.config.data, self.config.train.seed
         for i, batch in enumerate(micro_batches):
             views = [v.to(engine.device, non_blocking=True) for v in batch.views]
-            views = self.augment(views, seed=derive_seed(seed, engine.rank, step, i))
+            batch_seed = derive_seed(seed, engine.rank, step, i)
+            views = self.augment(views, seed=batch_seed)
             if step == self.first_step and i == 0:
                 assert self.monitor is not None
                 grid = augmentation_grid(views, data.mean, data.std)
                 self.monitor.add_image("train/augmentations", grid, step)
                 self.preview = views[0][:8].clone()
-            yield views
+            if self.parts.inputs is None:
+                yield views
+            else:
+                yield self.parts.inputs(views, batch.labels.to(engine.device), batch_seed)
+
+    def _add_to_epoch(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            previous = self.epoch_sums.get(name)
+            self.epoch_sums[name] = value if previous is None else previous + value
+        self.epoch_records += 1
+
+    def epoch_means(self) -> dict[str, float]:
+        """This epoch's mean loss and metrics over every rank (collective; one device sync)."""
+        if not self.epoch_sums:
+            return {}
+        names = list(self.epoch_sums)
+        local = torch.stack([self.epoch_sums[n] for n in names]) / self.epoch_records
+        return dict(zip(names, self.engine.reduce_mean(local).tolist(), strict=True))
+
+    def _end_epoch(self) -> None:
+        """The parts' epoch hook (validation, for one), then a fresh epoch's sums."""
+        if self.parts.on_epoch_end is not None:
+            self.parts.on_epoch_end(self)
+        self.epoch_sums, self.epoch_records = {}, 0
 
     def _maybe_log_images(self) -> None:
         model = self.engine.unwrap()
@@ -361,8 +412,7 @@ class Trainer:
                 stopped_by, step, total,
             )  # fmt: skip
         else:
-            _finish(self.config, self.engine, self.run_dir, step, total, self.last_loss,
-                    self.started)  # fmt: skip
+            _finish(self, step, total)
         assert self.monitor is not None
         return TrainResult(
             run_dir=self.run_dir,
@@ -372,6 +422,48 @@ class Trainer:
             final_loss=self.last_loss if self.last_loss is not None else self.monitor.last_loss,
             stopped_by=stopped_by,
         )
+
+
+@dataclass
+class TrainParts:
+    """What a training run trains and how: built after the run's seed is set, on every rank.
+
+    ``model(inputs)`` returns a StepOutput; ``inputs`` is the list of augmented
+    views, or what ``inputs(views, labels, seed)`` makes of them (labelled
+    views for fine-tuning). ``on_epoch_end(trainer)`` runs on every rank after
+    an epoch's last step, before that step's checkpoint; ``export(trainer,
+    state)`` writes the final weights on the main process (default: the
+    backbone as ``backbone.pt``) and returns the file.
+    """
+
+    model: nn.Module
+    loader: TrainLoader
+    augment: nn.Module
+    param_groups: list[dict[str, Any]] | None = None  # default: decay / no-decay split
+    inputs: Callable[[list[torch.Tensor], torch.Tensor, int], Any] | None = None
+    on_epoch_end: Callable[[Trainer], None] | None = None
+    export: Callable[[Trainer, dict[str, torch.Tensor]], Path] | None = None
+    count_flops: bool = True  # the method's FLOPs per step, for MFU
+    label: str | None = None  # what the start-up log line calls the objective (the method)
+
+
+PartsFactory = Callable[[RunConfig, Engine], TrainParts]
+
+
+def pretraining_parts(config: RunConfig, engine: Engine) -> TrainParts:
+    """The configured method on the configured backbone, multi-view loader and augmentation."""
+    model = build_model(config, distributed=engine.world_size > 1)
+    return TrainParts(
+        model=model,
+        loader=build_train_loader(config, engine.rank, engine.world_size, engine.device),
+        augment=build_augment(config),
+        inputs=with_labels if getattr(model, "uses_labels", False) else None,
+    )
+
+
+def with_labels(views: list[torch.Tensor], labels: torch.Tensor, seed: int) -> Labelled:
+    """The input of an objective that reads labels (``method.name=supervised``)."""
+    return Labelled(views, labels)
 
 
 def _step_flops(config: RunConfig, accum: int) -> float | None:
@@ -387,31 +479,34 @@ def _step_flops(config: RunConfig, accum: int) -> float | None:
     return None if flops is None else flops * accum
 
 
-def _finish(
-    config: RunConfig,
-    engine: Engine,
-    run_dir: Path,
-    step: int,
-    total_steps: int,
-    last_loss: float | None,
-    started: float,
-) -> None:
-    """Export the final backbone and a summary of the run (the main process writes)."""
-    state = engine.full_model_state()  # collective: every rank takes part
-    if not engine.is_main:
-        return
+def export_backbone_file(trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
+    """The pretraining export: the backbone's trunk as ``backbone.pt``."""
+    config, run_dir = trainer.config, trainer.run_dir
     trunk = {
         k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
     }
-    info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, step)
+    info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, trainer.state.step)
+    save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+    return run_dir / BACKBONE_FILE
+
+
+def _finish(trainer: Trainer, step: int, total_steps: int) -> None:
+    """Export the final weights and a summary of the run (the main process writes)."""
+    engine, run_dir = trainer.engine, trainer.run_dir
+    state = engine.full_model_state()  # collective: every rank takes part
+    if not engine.is_main:
+        return
+    export = trainer.parts.export or export_backbone_file
     try:
-        save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+        exported = export(trainer, state)
     except OSError as exc:  # a full disk: the final checkpoint is already saved
         raise TrainingError(
-            f"cannot write {run_dir / BACKBONE_FILE} ({one_line(exc)}); training finished and its "
-            f"final checkpoint is saved: free space, then `selfsup checkpoint export {run_dir} "
-            f"{run_dir / BACKBONE_FILE}`"
+            f"cannot write the final weights into {run_dir} ({one_line(exc)}); training finished "
+            f"and its final checkpoint is saved: free space, then `selfsup checkpoint export "
+            f"{run_dir} OUT.pt`"
         ) from None
+    last_loss, started = trainer.last_loss, trainer.started
+    info = info_from_config(trainer.config, str(exported), run_dir, step)
     summary = {
         "step": step,
         "total_steps": total_steps,
@@ -422,4 +517,4 @@ def _finish(
         "backbone": asdict(info) | {"run_dir": str(run_dir)},
     }
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
-    log.info("finished %d steps; backbone weights in %s", step, run_dir / BACKBONE_FILE)
+    log.info("finished %d steps; weights in %s", step, exported)

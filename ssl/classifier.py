@@ -1,0 +1,153 @@
+"""A backbone with a classification head, and the supervised objective fine-tuning trains.
+
+:class:`Classifier` is what fine-tuning produces: a :class:`Backbone` (the
+pretrained base) and a head, either one linear layer or an MLP of hidden
+layers (ReLU, dropout), the classic transfer head. With :meth:`freeze_base`
+the base's parameters stop taking gradients *and* its normalisation layers
+stay in eval mode, so BatchNorm running statistics are frozen too (calling
+``train()`` on the classifier does not unfreeze them).
+
+:class:`SupervisedObjective` wraps a classifier into the shape the trainer
+runs, ``forward(batch) -> StepOutput``, with cross-entropy (optionally
+label-smoothed, or against soft targets when mixup/cutmix made them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.ssl.arguments import ArgumentError
+from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.method import BuildContext, MethodConfig, check_positive, register_method
+from selfsup.ssl.outputs import StepOutput
+
+MAX_HIDDEN_LAYERS = 4  # deeper heads over-fit small transfer sets; refused with a clear error
+
+
+class Labelled(NamedTuple):
+    """One micro-batch of a supervised step: augmented views and their labels."""
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor  # int64 (B,), or float (B, classes) soft targets (mixup)
+
+
+def classification_head(
+    in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0
+) -> nn.Sequential:
+    """``Linear`` alone, or ``[Linear, ReLU, Dropout] x len(hidden)`` then ``Linear``."""
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise ArgumentError(
+            f"head_hidden has {len(hidden)} hidden layers; at most {MAX_HIDDEN_LAYERS} are "
+            "supported (the classic transfer head has 2, e.g. [256, 128])",
+            "head_hidden",
+        )
+    if any(width <= 0 for width in hidden):
+        raise ArgumentError(
+            f"head_hidden widths must be positive, got {list(hidden)}", "head_hidden"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ArgumentError(f"head_dropout must be in [0, 1), got {dropout}", "head_dropout")
+    layers: list[nn.Module] = []
+    width = in_features
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = units
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class Classifier(nn.Module):
+    """``backbone -> head``: images ``(B, 3, H, W)`` to logits ``(B, classes)``."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = classification_head(backbone.feature_dim, num_classes, hidden, dropout)
+        self.base_frozen = False
+
+    def freeze_base(self, frozen: bool = True) -> Classifier:
+        """Stop (or restart) training the backbone: its gradients and its BatchNorm statistics."""
+        self.base_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.base_frozen:
+            self.backbone.eval()  # frozen running statistics: BatchNorm normalises, never updates
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    """``method.name=supervised``: a classifier trained on labels (fine-tuning's objective)."""
+
+    name: str = "supervised"
+    num_classes: int = 10
+    head_hidden: list[int] = field(default_factory=list)  # [] linear head; [256, 128] MLP
+    head_dropout: float = 0.0
+    label_smoothing: float = 0.0
+
+    def check(self, context: BuildContext) -> None:
+        check_positive(self.num_classes, "num_classes")
+        classification_head(1, self.num_classes, self.head_hidden, self.head_dropout)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ArgumentError(
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}", "label_smoothing"
+            )
+
+
+@register_method("supervised", SupervisedConfig)
+class SupervisedObjective(nn.Module):
+    """Cross-entropy of a :class:`Classifier` on one labelled view: the fine-tuning step."""
+
+    uses_labels = True  # the trainer passes Labelled(views, labels) instead of views alone
+
+    def __init__(self, classifier: Classifier, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ArgumentError(
+                f"label_smoothing must be in [0, 1), got {label_smoothing}", "label_smoothing"
+            )
+        self.classifier = classifier
+        self.label_smoothing = label_smoothing
+
+    @classmethod
+    def from_config(
+        cls, backbone: Backbone, config: SupervisedConfig, context: BuildContext
+    ) -> SupervisedObjective:
+        classifier = Classifier(
+            backbone, config.num_classes, config.head_hidden, config.head_dropout
+        )
+        return cls(classifier, config.label_smoothing)
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.classifier.backbone
+
+    def forward(self, batch: Labelled) -> StepOutput:
+        logits = self.classifier(batch.views[0]).float()
+        labels = batch.labels
+        if labels.is_floating_point():  # soft targets (mixup/cutmix): smoothing is in them
+            loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            hard = labels.argmax(dim=-1)
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            hard = labels
+        accuracy = (logits.detach().argmax(dim=-1) == hard).float().mean() * 100.0
+        return StepOutput(loss=loss, metrics={"accuracy": accuracy})

@@ -1,0 +1,160 @@
+"""Fine-tuning: frozen then unfrozen phases, layer decay, exact resume, reports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.cli import main
+from selfsup.eval.finetune_phase import layer_decay_for
+from selfsup.pipelines.config import OptimConfig
+from selfsup.pipelines.train.optim import build_optimizer, layer_decay_groups
+from selfsup.pipelines.train.trainer import train
+from selfsup.ssl.backbones import build_backbone
+from selfsup.ssl.classifier import Classifier, SupervisedObjective
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pretrained_run(tiny_overrides, tmp_path) -> Path:
+    from selfsup.pipelines.config import load_config
+
+    return train(load_config(None, [*tiny_overrides, "train.max_steps=3"])).run_dir
+
+
+def finetune_args(run: Path, data_root: Path, *extra: str) -> list[str]:
+    return [
+        "finetune", str(run), "--datasets", "cifar10", "--data", str(data_root), "--device",
+        "cpu", "batch_size=16", "num_workers=0", "train_samples=160", "test_samples=40",
+        "warmup_epochs=0", "log_every=2", *extra,
+    ]  # fmt: skip
+
+
+def classifier_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_head_then_unfreeze_freezes_the_base_then_trains_it_at_the_lower_rate(
+    pretrained_run, data_root, capsys
+):
+    args = finetune_args(
+        pretrained_run, data_root, "--recipe", "head_then_unfreeze", "epochs=1",
+        "unfreeze_epochs=1", "schedule=step", "baseline=false",
+    )  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    start = torch.load(pretrained_run / "backbone.pt", weights_only=True)["state_dict"]
+    init = pretrained_run / "finetune" / "cifar10" / "head_then_unfreeze" / "pretrained"
+    after_frozen = classifier_state(init / "frozen_base" / "classifier.pt")
+    after_unfrozen = classifier_state(init / "unfrozen" / "classifier.pt")
+    trunk = {k[len("backbone.trunk.") :]: v for k, v in after_frozen.items() if "trunk." in k}
+    assert trunk.keys() == start.keys()
+    bn_stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert bn_stats and all(torch.equal(trunk[k], start[k]) for k in start)  # bitwise, BN too
+    moved = [k for k in start if not torch.equal(after_unfrozen[f"backbone.trunk.{k}"], start[k])]
+    assert any(k in moved for k in bn_stats) and any(k.endswith("weight") for k in moved)
+    head = [k for k in after_frozen if k.startswith("head.")]
+    assert head and any(not torch.equal(after_frozen[k], after_unfrozen[k]) for k in head)
+    history = json.loads((init / "history.json").read_text())["epochs"]
+    assert [e["phase"] for e in history] == ["frozen_base", "unfrozen"]
+    assert history[1]["lr"] == pytest.approx(history[0]["lr"] * 0.1)  # step schedule: constant
+
+
+def test_layer_decay_gives_block_i_lr_times_decay_to_the_depth_minus_i():
+    backbone = build_backbone("vit_tiny", image_size=32, patch_size=8)
+    objective = SupervisedObjective(Classifier(backbone, 10))
+    optim = OptimConfig(name="adamw", base_lr=0.256, weight_decay=0.05)
+    trunk = backbone.trunk
+    groups = layer_decay_groups(objective, trunk, optim, decay=0.65)
+    optimizer = build_optimizer(objective, optim, global_batch=256, groups=groups)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    depth = len(trunk.blocks)  # type: ignore[arg-type]
+    for i, block in enumerate(trunk.blocks):  # type: ignore[arg-type]
+        for p in block.parameters():
+            assert lr_of[id(p)] == pytest.approx(0.256 * 0.65 ** (depth - i))
+    for p in objective.classifier.head.parameters():
+        assert lr_of[id(p)] == pytest.approx(0.256)
+    assert lr_of[id(trunk.patch_embed.proj.weight)] == pytest.approx(0.256 * 0.65 ** (depth + 1))
+    assert len(lr_of) == sum(1 for _ in objective.parameters())  # every parameter, once
+
+
+def test_layer_decay_defaults_by_backbone():
+    class Inputs:
+        def __init__(self, name, decay=None):
+            self.info = type("I", (), {"name": name})()
+            self.ft = type("F", (), {"layer_decay": decay})()
+
+    assert layer_decay_for(Inputs("vit_base")) == 0.65  # type: ignore[arg-type]
+    assert layer_decay_for(Inputs("resnet18")) is None  # type: ignore[arg-type]
+    assert layer_decay_for(Inputs("vit_small", 1.0)) is None  # type: ignore[arg-type]
+
+
+def start_finetune(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "selfsup", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_finetune_then_rerun_resumes_and_ends_identical(
+    pretrained_run, data_root, tmp_path
+):
+    def args(out: Path) -> list[str]:
+        return [*finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=4",
+                               "baseline=false"), "--out", str(out)]  # fmt: skip
+
+    straight = start_finetune(args(tmp_path / "a"))
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+    crashed = tmp_path / "b"
+    process = start_finetune(args(crashed))
+    full = crashed / "finetune" / "cifar10" / "full" / "pretrained" / "full"
+    deadline = time.monotonic() + 180
+    while not (full / "checkpoints" / "step_000000020").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (full / "classifier.pt").exists()  # it died before the end
+    again = start_finetune(args(crashed))
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "resuming from checkpoint" in err and " at step 20/40" in err, err
+    relative = Path("finetune/cifar10/full/pretrained/classifier.pt")
+    a, b = classifier_state(tmp_path / "a" / relative), classifier_state(crashed / relative)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    report = json.loads((crashed / "finetune/cifar10/full/report.json").read_text())
+    assert (
+        report["test_accuracy"]["pretrained"]
+        == json.loads((tmp_path / "a" / "finetune/cifar10/full/report.json").read_text())[
+            "test_accuracy"
+        ]["pretrained"]
+    )
+
+
+def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root, capsys):
+    assert main(finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=2")) == 0
+    out = capsys.readouterr().out
+    assert "cifar10 full: test top-1 pretrained" in out and "scratch" in out
+    folder = pretrained_run / "finetune" / "cifar10" / "full"
+    report = json.loads((folder / "report.json").read_text())
+    assert set(report["test_accuracy"]) == {"pretrained", "scratch"}
+    for init in ("pretrained", "scratch"):
+        result = report["results"][init]
+        assert len(result["test"]["per_class"]) == 10 and len(result["history"]) == 2
+        assert sum(map(sum, result["test"]["confusion"])) == report["test_images"] == 40
+    assert report["train_images"] == 160 and report["val_images"] == 16
+    for name in ("report.md", "curves.png", "confusion.png"):
+        assert (folder / name).stat().st_size > 0
+    assert main(["report", str(pretrained_run)]) == 0
+    table = capsys.readouterr().out
+    assert "cifar10: test top-1" in table and "full (pretrained / scratch)" in table
+    pretrained, scratch = report["test_accuracy"]["pretrained"], report["test_accuracy"]["scratch"]
+    assert f"{pretrained:.2f} / {scratch:.2f}" in table
