@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from selfsup.atomic import write_atomic
 from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint.untrusted import load_tensor_file
-from selfsup.pipelines.checkpoint.weights import CLASSIFIER_FORMAT, BackboneInfo
+from selfsup.pipelines.checkpoint.weights import CLASSIFIER_FORMAT, BackboneInfo, weights_header
 from selfsup.pipelines.data.normalize import Normalize
 
 
@@ -82,16 +82,7 @@ def save_classifier(
     """Write a weights-only classifier file atomically."""
     payload = {
         "format": CLASSIFIER_FORMAT,
-        "backbone": {
-            "name": info.name,
-            "source": info.source,
-            "cifar_stem": info.cifar_stem,
-            "patch_size": info.patch_size if info.patch_size is not None else -1,
-            "pool": info.pool,
-        },
-        "image_size": info.image_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
+        **weights_header(info),
         "classes": list(classes),
         "head_hidden": list(hidden),
         **extra,

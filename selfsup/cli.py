@@ -221,15 +221,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    from selfsup.eval.probe import probe, probe_config_for
-    from selfsup.eval.report import write_report
-
+def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
+    """The section's overrides, with --data and --datasets as keys (probe, finetune)."""
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data_path={args.data}")
     if args.datasets:
         overrides.append(f"datasets=[{args.datasets}]")
+    return overrides
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from selfsup.eval.probe import probe, probe_config_for
+    from selfsup.eval.report import write_report
+
+    overrides = _evaluation_overrides(args)
     if args.no_baseline:
         overrides.append("baseline=false")
     settings = probe_config_for(Path(args.path), overrides)
@@ -245,11 +251,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from selfsup.eval.finetune import finetune, load_source, output_dir
     from selfsup.eval.finetune_settings import finetune_settings
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data_path={args.data}")
-    if args.datasets:
-        overrides.append(f"datasets=[{args.datasets}]")
+    overrides = _evaluation_overrides(args)
     config = finetune_settings(Path(args.source), args.recipe, overrides)
     source = load_source(args.source, config, baseline=config.finetune.baseline)
     out = output_dir(source, args.out)

@@ -85,10 +85,9 @@ def info_from_config(config: RunConfig, origin: str, run_dir: Path | None, step:
     )
 
 
-def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: BackboneInfo) -> None:
-    """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
-    payload: dict[str, Any] = {
-        "format": FORMAT,
+def weights_header(info: BackboneInfo) -> dict[str, Any]:
+    """What a weights file records of its backbone (backbone and classifier files alike)."""
+    return {
         "backbone": {
             "name": info.name,
             "source": info.source,
@@ -99,6 +98,14 @@ def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: Backbo
         "image_size": info.image_size,
         "mean": list(info.mean),
         "std": list(info.std),
+    }
+
+
+def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: BackboneInfo) -> None:
+    """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        **weights_header(info),
         "step": info.step if info.step is not None else -1,
         "seed": info.seed,
         "state_dict": {k: v.detach().cpu().clone() for k, v in trunk_state.items()},
