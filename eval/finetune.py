@@ -30,8 +30,9 @@ Layout, under ``<run>/finetune/<dataset>/<recipe>/``::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,11 @@ class Source:
     trunks: dict[str, dict[str, torch.Tensor]]  # init -> trunk state
 
 
-def load_source(path: str | Path, run_config: RunConfig, baseline: bool) -> Source:
+def load_source(path: str | Path, run_config: RunConfig) -> Source:
+    """The weights at ``path``, and the run's initial ones when ``finetune.baseline`` is on."""
     trained, info = load_backbone(path)
     trunks = {"pretrained": trained.trunk.state_dict()}
-    if baseline:
+    if run_config.finetune.baseline:
         trunks["scratch"] = initial_backbone(info).trunk.state_dict()
     return Source(info=info, run_config=run_config, trunks=trunks)
 
@@ -114,10 +116,11 @@ def output_dir(source: Source, out: str | None) -> Path:
     return source.info.run_dir or Path(source.info.origin).parent
 
 
-def finetune(source: Source, ft: FinetuneConfig, out_dir: Path, device: str) -> list[RecipeResult]:
-    """Run ``ft.recipe`` on every dataset of ``ft.datasets``; write each report."""
+def finetune(source: Source, out_dir: Path, device: str) -> list[RecipeResult]:
+    """Run the ``finetune:`` settings' recipe on each of their datasets; write each report."""
     from selfsup.eval.finetune_report import write_recipe_report
 
+    ft = source.run_config.finetune
     image_size = _image_size(source.info, ft)
     results: list[RecipeResult] = []
     if ft.recipe == "linear":
@@ -154,14 +157,8 @@ def _engine(run_config: RunConfig, device: str) -> Engine:
         )
     env = detect_env()
     engine = (name if name != "single" else "ddp") if env.distributed else "single"
-    config = RunConfig(train=_replace(run_config.train, engine=engine, device=device))
+    config = RunConfig(train=dataclasses.replace(run_config.train, engine=engine, device=device))
     return build_engine(config, env)
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def _finetune_dataset(
@@ -236,7 +233,7 @@ def _linear(
     """Recipe ``linear``: the frozen-feature probe with the fine-tune's data sizes."""
     from selfsup.eval.finetune_report import write_recipe_report
 
-    settings = _replace(
+    settings = dataclasses.replace(
         source.run_config.probe, datasets=[name], data_path=ft.data_path,
         train_samples=ft.train_samples, test_samples=ft.test_samples,
         baseline=ft.baseline, image_size=image_size,
@@ -246,8 +243,8 @@ def _linear(
     result = RecipeResult(
         dataset=name, recipe="linear", classes=[], train_images=probed.train_images,
         val_images=0, test_images=probed.test_images, image_size=image_size,
-        linear={"pretrained": probed.trained.__dict__,
-                "scratch": probed.random_init.__dict__ if probed.random_init else None},
+        linear={"pretrained": asdict(probed.trained),
+                "scratch": asdict(probed.random_init) if probed.random_init else None},
     )  # fmt: skip
     write_recipe_report(result, out_dir / FINETUNE_DIR / name / "linear", ft)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def phase_parts(
             param_groups=_layer_decay(objective, inputs, config, phase),
             inputs=_mixing(inputs),
             on_epoch_end=Validator(inputs, history, epochs_before, phase),
-            export=_export_phase,
+            export=partial(export_phase, inputs),
             count_flops=False,
             label=f"fine-tune ({inputs.init}, {phase.name})",
         )  # fmt: skip
@@ -230,10 +231,9 @@ def _mixing(inputs: PhaseInputs) -> Any:
     return make
 
 
-def _export_phase(trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
+def export_phase(inputs: PhaseInputs, trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
     """The phase's final weights, for the next phase to start from."""
     path = trainer.run_dir / CLASSIFIER_FILE
-    inputs: PhaseInputs = trainer.parts.on_epoch_end.inputs  # type: ignore[union-attr]
     weights = {k[len("classifier.") :]: v for k, v in state.items() if k.startswith("classifier.")}
     save_classifier(path, weights, inputs.info, inputs.splits.classes, list(inputs.ft.head_hidden),
                     {"phase": trainer.run_dir.name})  # fmt: skip

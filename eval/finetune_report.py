@@ -31,12 +31,13 @@ COLOURS = {"pretrained": "#1f77b4", "scratch": "#d62728"}
 
 def write_recipe_report(result: RecipeResult, out_dir: Path, ft: FinetuneConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    values = asdict(result)
     report = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": asdict(ft) | {"recipe": result.recipe, "datasets": [result.dataset]},
-        **{k: v for k, v in asdict(result).items()},
-        "test_accuracy": test_accuracies(asdict(result)),
+        **values,
+        "test_accuracy": test_accuracies(values),
     }
     plots = []
     if result.results:

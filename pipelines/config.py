@@ -41,7 +41,7 @@ from selfsup.pipelines.train.optim import OPTIMIZERS, SCHEDULES
 from selfsup.registry import UnknownName
 from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import SOURCES, VIT_POOLS
-from selfsup.ssl.classifier import MAX_HIDDEN_LAYERS
+from selfsup.ssl.classifier import check_head, check_label_smoothing
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig
 from selfsup.ssl.methods import default_method_config
 
@@ -276,8 +276,14 @@ def choices() -> dict[str, tuple[str, ...]]:
 
 
 @contextmanager
-def config_keys_in_errors(method: MethodConfig | None = None) -> Iterator[None]:
-    """Turn ssl's errors (which name its arguments) into ConfigErrors naming config keys."""
+def config_keys_in_errors(
+    method: MethodConfig | None = None, section: str | None = None
+) -> Iterator[None]:
+    """Turn ssl's errors (which name its arguments) into ConfigErrors naming config keys.
+
+    An argument is a ``method.*`` field of ``method``, an option of ``section``
+    (``finetune.head_hidden``), or one of :data:`ARGUMENT_KEYS`.
+    """
     try:
         yield
     except UnknownName as exc:
@@ -286,7 +292,10 @@ def config_keys_in_errors(method: MethodConfig | None = None) -> Iterator[None]:
         message = str(exc)
         method_fields = {f.name for f in dataclasses.fields(method)} if method else set()
         for argument in exc.arguments:
-            key = f"method.{argument}" if argument in method_fields else ARGUMENT_KEYS[argument]
+            if argument in method_fields:
+                key = f"method.{argument}"
+            else:
+                key = f"{section}.{argument}" if section else ARGUMENT_KEYS[argument]
             if message.startswith(f"{argument} "):
                 message = f"config key '{key}' " + message[len(argument) + 1 :]
             message = re.sub(rf"(?<![\w.']){re.escape(argument)}(?==)", key, message)
@@ -541,15 +550,9 @@ def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> N
                 f"{', '.join(d for d in known_datasets if d != 'imagefolder')}"
             )
     _pair(ft.crop_scale, "finetune.crop_scale")
-    if len(ft.head_hidden) > MAX_HIDDEN_LAYERS or any(w <= 0 for w in ft.head_hidden):
-        raise ConfigError(
-            f"config key 'finetune.head_hidden' is {list(ft.head_hidden)}; it takes at most "
-            f"{MAX_HIDDEN_LAYERS} positive widths (the classic transfer head: [256, 128])"
-        )
-    if not 0 <= ft.head_dropout < 1 or not 0 <= ft.label_smoothing < 1:
-        raise ConfigError(
-            "config keys 'finetune.head_dropout' and 'finetune.label_smoothing' must be in [0, 1)"
-        )
+    with config_keys_in_errors(section="finetune"):
+        check_head(ft.head_hidden, ft.head_dropout)
+        check_label_smoothing(ft.label_smoothing)
 
 
 def _pair(values: list[float], key: str) -> tuple[float, float]:

@@ -253,9 +253,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     overrides = _evaluation_overrides(args)
     config = finetune_settings(Path(args.source), args.recipe, overrides)
-    source = load_source(args.source, config, baseline=config.finetune.baseline)
+    source = load_source(args.source, config)
     out = output_dir(source, args.out)
-    for result in finetune(source, config.finetune, out, args.device):
+    for result in finetune(source, out, args.device):
         accuracies = ", ".join(
             f"{init} {acc:.2f}%" for init, acc in result_accuracies(result).items()
         )

@@ -37,22 +37,28 @@ class Labelled(NamedTuple):
     labels: torch.Tensor  # int64 (B,), or float (B, classes) soft targets (mixup)
 
 
+def check_head(hidden: Sequence[int], dropout: float) -> None:
+    """At most MAX_HIDDEN_LAYERS positive widths, and a dropout share in [0, 1)."""
+    if len(hidden) > MAX_HIDDEN_LAYERS or any(width <= 0 for width in hidden):
+        raise ArgumentError(
+            f"head_hidden is {list(hidden)}; it takes at most {MAX_HIDDEN_LAYERS} positive widths "
+            "(the classic transfer head: [256, 128])",
+            "head_hidden",
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ArgumentError(f"head_dropout must be in [0, 1), got {dropout}", "head_dropout")
+
+
+def check_label_smoothing(value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ArgumentError(f"label_smoothing must be in [0, 1), got {value}", "label_smoothing")
+
+
 def classification_head(
     in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0
 ) -> nn.Sequential:
     """``Linear`` alone, or ``[Linear, ReLU, Dropout] x len(hidden)`` then ``Linear``."""
-    if len(hidden) > MAX_HIDDEN_LAYERS:
-        raise ArgumentError(
-            f"head_hidden has {len(hidden)} hidden layers; at most {MAX_HIDDEN_LAYERS} are "
-            "supported (the classic transfer head has 2, e.g. [256, 128])",
-            "head_hidden",
-        )
-    if any(width <= 0 for width in hidden):
-        raise ArgumentError(
-            f"head_hidden widths must be positive, got {list(hidden)}", "head_hidden"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ArgumentError(f"head_dropout must be in [0, 1), got {dropout}", "head_dropout")
+    check_head(hidden, dropout)
     layers: list[nn.Module] = []
     width = in_features
     for units in hidden:
@@ -105,11 +111,8 @@ class SupervisedConfig(MethodConfig):
 
     def check(self, context: BuildContext) -> None:
         check_positive(self.num_classes, "num_classes")
-        classification_head(1, self.num_classes, self.head_hidden, self.head_dropout)
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ArgumentError(
-                f"label_smoothing must be in [0, 1), got {self.label_smoothing}", "label_smoothing"
-            )
+        check_head(self.head_hidden, self.head_dropout)
+        check_label_smoothing(self.label_smoothing)
 
 
 @register_method("supervised", SupervisedConfig)
@@ -120,10 +123,7 @@ class SupervisedObjective(nn.Module):
 
     def __init__(self, classifier: Classifier, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ArgumentError(
-                f"label_smoothing must be in [0, 1), got {label_smoothing}", "label_smoothing"
-            )
+        check_label_smoothing(label_smoothing)
         self.classifier = classifier
         self.label_smoothing = label_smoothing
 

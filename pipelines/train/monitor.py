@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 LOSS = "loss"
 
 
+class MeanWindow:
+    """Sums of per-forward-pass scalars kept on the device (no sync), and their count."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.records = 0  # forward passes (micro-batches) added
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.records += 1
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {name: total / self.records for name, total in self.sums.items()}
+
+
 class Monitor:
     """Window of per-step numbers on every rank; TensorBoard and progress bar on the main one."""
 
@@ -62,8 +79,7 @@ class Monitor:
             # In a log file (SLURM, CI) print a line every 30 s, not every refresh.
             mininterval=0.5 if interactive else 30.0,
         )
-        self._sums: dict[str, torch.Tensor] = {}
-        self._records = 0  # forward passes (micro-batches) in the window
+        self._window = MeanWindow()
         self._steps = 0  # optimizer steps in the window
         self._started = time.perf_counter()
         self.last_loss: float | None = None
@@ -72,10 +88,7 @@ class Monitor:
 
     def record(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Add one forward pass's loss and metrics to the window (no device sync)."""
-        for name, value in {LOSS: loss, **metrics}.items():
-            value = value.detach().float()
-            self._sums[name] = self._sums[name] + value if name in self._sums else value
-        self._records += 1
+        self._window.add({LOSS: loss, **metrics})
 
     def advance(self) -> None:
         """One optimizer step done."""
@@ -84,11 +97,11 @@ class Monitor:
 
     def take_window(self) -> dict[str, torch.Tensor]:
         """This rank's window means, and a fresh window."""
-        means = {name: total / self._records for name, total in self._sums.items()}
+        means = self._window.means()
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         self.steps_per_second = self._steps / elapsed
         self.images_per_second = self.steps_per_second * self.images_per_step
-        self._sums, self._records, self._steps = {}, 0, 0
+        self._window, self._steps = MeanWindow(), 0
         self._started = time.perf_counter()
         return means
 

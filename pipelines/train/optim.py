@@ -94,9 +94,7 @@ def layer_decay_groups(
     groups += [
         {"params": decayed, "lr_scale": 1.0, "weight_decay": cfg.weight_decay, "name": "head"},
         {"params": plain, "lr_scale": 1.0, "weight_decay": 0.0, "name": "head_no_decay"},
-    ]
-    for group in groups:
-        group["params"] = [p for p in group["params"] if p.requires_grad]
+    ]  # timm's groups already hold only parameters that train (a frozen one is skipped)
     return [g for g in groups if g["params"]]
 
 

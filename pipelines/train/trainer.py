@@ -48,7 +48,7 @@ from selfsup.pipelines.runtime.engines import Engine, build_engine
 from selfsup.pipelines.runtime.seeding import derive_seed, seed_everything
 from selfsup.pipelines.runtime.stopping import StopRequest
 from selfsup.pipelines.train.build import build_augment, build_model, build_train_loader
-from selfsup.pipelines.train.monitor import Monitor
+from selfsup.pipelines.train.monitor import LOSS, MeanWindow, Monitor
 from selfsup.pipelines.train.optim import (
     apply_schedule,
     build_optimizer,
@@ -226,9 +226,8 @@ class Trainer:
         self.resumed_from_step: int | None = None
         self.preview: torch.Tensor | None = None  # the images reconstructions are drawn for
         self.monitor: Monitor | None = None
-        # This epoch's loss and metric sums on the device (read at its end).
-        self.epoch_sums: dict[str, torch.Tensor] = {}
-        self.epoch_records = 0
+        # This epoch's loss and metrics, kept only when an epoch hook reads them.
+        self.epoch_window = MeanWindow() if self.parts.on_epoch_end is not None else None
 
     def _steps_per_epoch(self) -> int:
         steps = self.loader.steps_per_epoch // self.accum
@@ -309,7 +308,8 @@ class Trainer:
         views = self._augmented(step, micro_batches)
         for output in optimizer_step(self.engine, self.model, views, self.accum):
             self.monitor.record(output.loss, output.metrics)
-            self._add_to_epoch({"loss": output.loss, **output.metrics})
+            if self.epoch_window is not None:
+                self.epoch_window.add({LOSS: output.loss, **output.metrics})
             self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
@@ -340,26 +340,19 @@ class Trainer:
             else:
                 yield self.parts.inputs(views, batch.labels.to(engine.device), batch_seed)
 
-    def _add_to_epoch(self, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            value = value.detach().float()
-            previous = self.epoch_sums.get(name)
-            self.epoch_sums[name] = value if previous is None else previous + value
-        self.epoch_records += 1
-
     def epoch_means(self) -> dict[str, float]:
         """This epoch's mean loss and metrics over every rank (collective; one device sync)."""
-        if not self.epoch_sums:
+        local = self.epoch_window.means() if self.epoch_window is not None else {}
+        if not local:
             return {}
-        names = list(self.epoch_sums)
-        local = torch.stack([self.epoch_sums[n] for n in names]) / self.epoch_records
-        return dict(zip(names, self.engine.reduce_mean(local).tolist(), strict=True))
+        reduced = self.engine.reduce_mean(torch.stack(list(local.values())))
+        return dict(zip(local, reduced.tolist(), strict=True))
 
     def _end_epoch(self) -> None:
-        """The parts' epoch hook (validation, for one), then a fresh epoch's sums."""
+        """The parts' epoch hook (validation, for one), then a fresh epoch's window."""
         if self.parts.on_epoch_end is not None:
             self.parts.on_epoch_end(self)
-        self.epoch_sums, self.epoch_records = {}, 0
+            self.epoch_window = MeanWindow()
 
     def _maybe_log_images(self) -> None:
         model = self.engine.unwrap()
