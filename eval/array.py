@@ -66,37 +66,58 @@ def run_probe_task(task: ProbeTask) -> dict[str, Any]:
 
 def write_eval_report(rows: list[dict[str, Any]], failures: list[str], out_dir: Path) -> Path:
     """One report for the sweep, marking the best learning rate per checkpoint and dataset."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     best: dict[tuple[str, str], float] = {}
     for row in rows:
         key = (row["checkpoint"], row["dataset"])
         best[key] = max(best.get(key, float("-inf")), row["linear_top1"])
+    table = []
+    for row in sorted(rows, key=lambda r: (r["checkpoint"], r["dataset"], r["lr"])):
+        linear = f"{row['linear_top1']:.2f}"
+        if row["linear_top1"] == best[(row["checkpoint"], row["dataset"])]:
+            linear = f"**{linear}**"
+        table.append([
+            row["checkpoint"], str(row["step"]), row["dataset"], f"{row['lr']:g}",
+            f"{row['train_images']:,} / {row['test_images']:,}", linear,
+            f"{row['knn_top1']:.2f}",
+        ])  # fmt: skip
+    return write_sweep_report(
+        out_dir, "selfsup.eval_report/1", "# selfsup evaluation sweep", rows, failures,
+        ["checkpoint", "step", "dataset", "lr", "train / test", "linear top-1", "kNN top-1"],
+        table, "Bold: the best linear-probe learning rate for that checkpoint and dataset.",
+    )  # fmt: skip
+
+
+def write_sweep_report(
+    out_dir: Path,
+    kind: str,
+    title: str,
+    rows: list[dict[str, Any]],
+    failures: list[str],
+    header: list[str],
+    table: list[list[str]],
+    footer: str,
+) -> Path:
+    """``eval_report.json`` (the rows, the failures) and ``eval_report.md`` (the table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format": "selfsup.eval_report/1",
+        "format": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": rows,
         "failures": failures,
     }
     write_atomic(out_dir / REPORT_JSON, json.dumps(payload, indent=1))
     lines = [
-        "# selfsup evaluation sweep",
+        title,
         "",
-        f"{len(rows)} probe(s) finished" + (f", {len(failures)} failed" if failures else "") + ".",
+        f"{len(rows)} task(s) finished" + (f", {len(failures)} failed" if failures else "") + ".",
         "",
-        "| checkpoint | step | dataset | lr | train / test | linear top-1 | kNN top-1 |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(cells) + " |" for cells in table],
     ]
-    for row in sorted(rows, key=lambda r: (r["checkpoint"], r["dataset"], r["lr"])):
-        linear = f"{row['linear_top1']:.2f}"
-        if row["linear_top1"] == best[(row["checkpoint"], row["dataset"])]:
-            linear = f"**{linear}**"
-        lines.append(
-            f"| {row['checkpoint']} | {row['step']} | {row['dataset']} | {row['lr']:g} | "
-            f"{row['train_images']:,} / {row['test_images']:,} | {linear} | {row['knn_top1']:.2f} |"
-        )
     if failures:
         lines += ["", "## Failed tasks", "", *[f"- {f}" for f in failures]]
-    lines += ["", "Bold: the best linear-probe learning rate for that checkpoint and dataset.", ""]
+    lines += ["", footer, ""]
     path = out_dir / REPORT_MD
     write_atomic(path, "\n".join(lines))
     return path

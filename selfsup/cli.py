@@ -157,17 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit_eval = commands.add_parser(
         "submit-eval",
-        help="probe checkpoints x datasets x learning rates as one SLURM job array",
+        help="probe (or fine-tune) checkpoints x datasets x learning rates as one SLURM job array",
     )
     submit_eval.add_argument(
         "paths", nargs="+", help="run directories, checkpoint folders or .pt files"
     )
     submit_eval.add_argument("--datasets", default="cifar10", help="comma-separated")
     submit_eval.add_argument(
-        "--lrs", default="0.001", help="comma-separated linear-probe learning rates"
+        "--task", choices=("probe", "finetune"), default="probe",
+        help="probe: linear probe + kNN; finetune: fine-tune recipes (selfsup finetune)",
+    )  # fmt: skip
+    submit_eval.add_argument(
+        "--lrs",
+        help="comma-separated learning rates: the probe's (default 0.001), or finetune.base_lr "
+        "(default: the recipe's)",
     )
+    submit_eval.add_argument(
+        "--recipes", default="head_then_unfreeze,full", help="--task finetune: comma-separated"
+    )
+    submit_eval.add_argument("--device", default="auto", help="auto | cpu | cuda")
     submit_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                             help="probe setting, e.g. --set epochs=50 (repeatable)")  # fmt: skip
+                             help="probe or finetune setting, e.g. --set epochs=50 "
+                                  "(repeatable)")  # fmt: skip
     submit_eval.add_argument(
         "--out", help="folder for logs and the report (default runs/eval-<time>)"
     )
@@ -406,33 +417,55 @@ def _report_outcome(job_id: str, outcome) -> int:
 def cmd_submit_eval(args: argparse.Namespace) -> int:
     import time
 
-    from selfsup.eval.array import run_probe_task, sweep, write_eval_report
-    from selfsup.eval.probe import probe_config_for
     from selfsup.slurm.submit import submit_array, wait_for_all
 
-    settings = probe_config_for(Path(args.paths[0]), list(args.set))
-    datasets = [d for d in args.datasets.split(",") if d]
-    try:
-        lrs = [float(x) for x in args.lrs.split(",") if x]
-    except ValueError:
-        print(f"selfsup: error: --lrs takes numbers, got '{args.lrs}'", file=sys.stderr)
-        return EXIT_USER_ERROR
-    tasks = sweep([str(Path(p).absolute()) for p in args.paths], datasets, lrs, settings)
-    if args.dry_run:
-        for i, task in enumerate(tasks):
-            print(f"task {i}: {task.checkpoint} on {task.dataset}, lr {task.lr:g}")
-        return 0
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    jobs = submit_array(run_probe_task, tasks, out, _cluster_profile(args), "selfsup-eval")
+    paths = [str(Path(p).absolute()) for p in args.paths]
+    datasets = [d for d in args.datasets.split(",") if d]
+    lrs = _numbers(args.lrs, "--lrs")
+    if args.task == "finetune":
+        from selfsup.eval.finetune_array import (
+            finetune_sweep,
+            run_finetune_task,
+            write_finetune_eval_report,
+        )
+
+        recipes = [r for r in args.recipes.split(",") if r]
+        rates: list[float | None] = [*lrs] or [None]
+        tasks: list = finetune_sweep(paths, datasets, recipes, rates, list(args.set),
+                                     out.absolute(), args.device)  # fmt: skip
+        run, write = run_finetune_task, write_finetune_eval_report
+        labels = [task.label() for task in tasks]
+    else:
+        from selfsup.eval.array import run_probe_task, sweep, write_eval_report
+        from selfsup.eval.probe import probe_config_for
+
+        settings = probe_config_for(Path(args.paths[0]), list(args.set))
+        tasks = sweep(paths, datasets, lrs or [0.001], settings, args.device)
+        run, write = run_probe_task, write_eval_report  # type: ignore[assignment]
+        labels = [f"{t.checkpoint} on {t.dataset}, lr {t.lr:g}" for t in tasks]
+    if args.dry_run:
+        print("\n".join(f"task {i}: {label}" for i, label in enumerate(labels)))
+        return 0
+    jobs = submit_array(run, tasks, out, _cluster_profile(args), "selfsup-eval")
     print(
         f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {out}",
         flush=True,
     )
-    labels = [f"{task.checkpoint} on {task.dataset}, lr {task.lr:g}" for task in tasks]
     rows, failures = wait_for_all(jobs, labels, args.wait_min)
-    report = write_eval_report(rows, failures, out)
+    report = write(rows, failures, out)
     print(f"report: {report} ({len(rows)} of {len(tasks)} tasks finished)")
     return 0 if not failures else 1
+
+
+def _numbers(text: str | None, flag: str) -> list[float]:
+    """A comma-separated list of numbers ([] for None); one error line otherwise."""
+    from selfsup.errors import ConfigError
+
+    try:
+        return [float(x) for x in (text or "").split(",") if x]
+    except ValueError:
+        raise ConfigError(f"{flag} takes numbers, got '{text}'") from None
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

@@ -180,6 +180,9 @@ class FFCVTrainLoader:
         finally:
             self.loader.start_batch = 0
 
+    def close(self) -> None:
+        """ffcv's epoch iterator, closed with the trainer's step generator, owns the threads."""
+
 
 def ffcv_eval_loader(
     beton: str | Path,

@@ -48,6 +48,9 @@ class TrainLoader(Protocol):
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]: ...
 
+    def close(self) -> None:
+        """Stop background workers now (the run is over)."""
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch, sample)."""
@@ -222,6 +225,17 @@ class TorchvisionTrainLoader:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start_step * self.batch_size)
         yield from self.loader
+
+    def close(self) -> None:
+        """Shut the persistent workers down now.
+
+        DataLoader has no public way to; dropping its iterator (which holds the
+        workers) shuts them down in this process. Left to the garbage collector,
+        a later DataLoader's forked workers inherit the iterator and each prints
+        "can only test a child process" when it collects it (a fine-tune's
+        second phase did).
+        """
+        self.loader._iterator = None
 
 
 def eval_loader(

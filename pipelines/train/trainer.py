@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def train(
 
 def optimizer_steps(
     loader: TrainLoader, accum: int, start_step: int, steps_per_epoch: int
-) -> Iterator[tuple[int, list[ViewBatch]]]:
+) -> Generator[tuple[int, list[ViewBatch]], None, None]:
     """``(step, micro_batches)`` from ``start_step`` on, epoch after epoch.
 
     Each optimizer step takes ``accum`` consecutive micro-batches of one
@@ -285,8 +285,8 @@ class Trainer:
         )  # fmt: skip
         stop = StopRequest().install()
         stopped_by: str | None = None
+        steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
         try:
-            steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
             while self.state.step < self.total_steps:
                 self.step(*next(steps))
                 if self.state.step % self.steps_per_epoch == 0:
@@ -297,6 +297,8 @@ class Trainer:
                     stopped_by = stop.received or "a signal to another rank"
                     break
         finally:
+            steps.close()  # the epoch's batch iterator first, then the loader's workers
+            self.loader.close()
             stop.uninstall()
             self.monitor.close()
         return self._result(stopped_by)

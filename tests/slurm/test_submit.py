@@ -236,3 +236,42 @@ def test_evaluation_array_lands_in_one_report(tiny_overrides, data_root, tmp_pat
     assert not report["failures"]
     markdown = (out / "eval_report.md").read_text()
     assert markdown.count("| cifar10 |") == 3 and "**" in markdown
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_finetune_array_of_two_datasets_by_two_recipes_lands_in_one_report(
+    tiny_overrides, data_root, tmp_path, capsys
+):
+    run = train(load_config(None, tiny_overrides)).run_dir
+    out = tmp_path / "finetune-sweep"
+    settings = [
+        f"data_path={data_root}", "batch_size=16", "num_workers=0", "train_samples=40",
+        "test_samples=20", "epochs=1", "unfreeze_epochs=1", "train.precision=fp32",
+    ]  # fmt: skip
+    code = main([
+        "submit-eval", str(run), "--task", "finetune", "--datasets", "cifar10,fashion_mnist",
+        "--recipes", "head_then_unfreeze,full", *[a for s in settings for a in ("--set", s)],
+        "--device", "cpu", "--out", str(out), "--cluster", "dev", "--tasks-per-node", "1",
+        "--mem-gb", "3", "--wait-min", "20",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "eval_report.json").read_text())
+    assert not report["failures"]
+    cells = sorted((r["dataset"], r["recipe"]) for r in report["results"])
+    assert cells == [(d, r) for d in ("cifar10", "fashion_mnist")
+                     for r in ("full", "head_then_unfreeze")]  # fmt: skip
+    assert all(set(r["test_accuracy"]) == {"pretrained", "scratch"} for r in report["results"])
+    markdown = (out / "eval_report.md").read_text()
+    assert markdown.count("| cifar10 |") == 2 and markdown.count("| fashion_mnist |") == 2
+    assert all(Path(r["report"]).is_file() for r in report["results"])
+
+
+def test_finetune_array_dry_run_checks_every_task(tiny_overrides, data_root, capsys):
+    run = train(load_config(None, [*tiny_overrides, "train.max_steps=1"])).run_dir
+    base = ["submit-eval", str(run), "--task", "finetune", "--datasets", "cifar10,fashion_mnist"]
+    assert main([*base, "--lrs", "0.01,0.001", "--dry-run"]) == 0
+    tasks = capsys.readouterr().out.splitlines()
+    assert len(tasks) == 2 * 2 * 2 and "on fashion_mnist, full, lr 0.001" in tasks[-1]
+    assert main([*base, "--recipes", "fulll", "--dry-run"]) == 2
+    assert "unknown fine-tune recipe 'fulll'" in capsys.readouterr().err
