@@ -158,3 +158,22 @@ def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root
     assert "cifar10: test top-1" in table and "full (pretrained / scratch)" in table
     pretrained, scratch = report["test_accuracy"]["pretrained"], report["test_accuracy"]["scratch"]
     assert f"{pretrained:.2f} / {scratch:.2f}" in table
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_runs_on_two_ddp_processes(pretrained_run, data_root, tmp_path):
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    args = finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=2",
+                         "baseline=false")  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "selfsup", *args, "--out", str(tmp_path / "ddp")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert "batch 16 x 2 process(es)" in process.stderr and "engine ddp" in process.stderr
+    folder = tmp_path / "ddp" / "finetune" / "cifar10" / "full"
+    history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2]  # one entry per epoch, not one per rank
+    assert json.loads((folder / "report.json").read_text())["test_images"] == 40
