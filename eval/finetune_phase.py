@@ -178,7 +178,7 @@ def _loader(inputs: PhaseInputs, config: RunConfig, engine: Engine) -> Torchvisi
         image_size=inputs.image_size, crop_scale=(float(low), float(high)), num_views=1,
         batch_size=ft.batch_size, num_workers=loader_workers(ft.num_workers),
         seed=config.train.seed, rank=engine.rank, world_size=engine.world_size,
-        crop=ft.crop, padding=ft.crop_padding,
+        crop=ft.crop, padding=ft.crop_padding, randaugment=ft.randaugment,
     )  # fmt: skip
     return TorchvisionTrainLoader(
         inputs.splits.train, spec, pin_memory=engine.device.type == "cuda"

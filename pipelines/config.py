@@ -208,6 +208,7 @@ class FinetuneConfig:
     crop_padding: int = 4
     crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # crop=resized
     hflip_prob: float = 0.5
+    randaugment: int = 0  # RandAugment magnitude (2 ops per image, e.g. 9); 0: off
     mixup: float = 0.0  # timm's Mixup alpha (0: off)
     cutmix: float = 0.0  # timm's CutMix alpha (0: off)
     baseline: bool = True  # also fine-tune the same architecture from random init (scratch)
@@ -531,6 +532,11 @@ def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> N
     for key, value in positive.items():
         if not 0 < value < math.inf:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if not 0 <= ft.randaugment <= 30:  # torchvision's magnitude bins
+        raise ConfigError(
+            f"config key 'finetune.randaugment' is a magnitude in 0-30 (0: off), got "
+            f"{ft.randaugment}"
+        )
     for key, count in (
         ("finetune.train_samples", ft.train_samples),
         ("finetune.test_samples", ft.test_samples),

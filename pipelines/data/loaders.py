@@ -105,20 +105,25 @@ class _Sized:
 def crop_transform(spec: ViewSpec) -> v2.Transform:
     """``resized``: random-resized crop (SSL, ImageNet-style); ``pad``: the CIFAR crop.
 
+    With ``randaugment`` torchvision's RandAugment (2 ops at that magnitude)
+    follows the crop; it draws from the same per-sample seed.
+
     ``pad`` resizes the shorter side to ``image_size`` (Fashion-MNIST's 28 px
     to 32), centre-crops, pads ``padding`` zero pixels on every side and takes
     a random ``image_size`` crop, the standard supervised CIFAR augmentation.
     """
     size = spec.image_size
     if spec.crop == "pad":
-        return v2.Compose(
-            [
-                v2.Resize(size, antialias=True),
-                v2.CenterCrop(size),
-                v2.RandomCrop(size, padding=spec.padding),
-            ]
-        )
-    return v2.RandomResizedCrop(size, scale=spec.crop_scale, antialias=True)
+        steps: list[v2.Transform] = [
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
+            v2.RandomCrop(size, padding=spec.padding),
+        ]
+    else:
+        steps = [v2.RandomResizedCrop(size, scale=spec.crop_scale, antialias=True)]
+    if spec.randaugment:  # per image, seeded with the crop (supervised fine-tuning)
+        steps.append(v2.RandAugment(num_ops=2, magnitude=spec.randaugment))
+    return steps[0] if len(steps) == 1 else v2.Compose(steps)
 
 
 class MultiViewCrops(Dataset):
@@ -188,6 +193,7 @@ class ViewSpec:
     world_size: int = 1
     crop: str = "resized"  # resized | pad (see crop_transform)
     padding: int = 4  # crop=pad
+    randaugment: int = 0  # RandAugment magnitude after the crop (2 ops); 0: off
 
 
 class TorchvisionTrainLoader:

@@ -177,3 +177,46 @@ def test_finetune_under_torchrun_runs_on_two_ddp_processes(pretrained_run, data_
     history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2]  # one entry per epoch, not one per rank
     assert json.loads((folder / "report.json").read_text())["test_images"] == 40
+
+
+def test_randaugment_follows_the_crop_and_is_seeded_per_image(datagen):
+    import numpy as np
+
+    from selfsup.pipelines.data.datasets import ArrayDataset
+    from selfsup.pipelines.data.loaders import MultiViewCrops, ViewSpec
+
+    images, labels = datagen.class_images(2, 10, 32)
+    dataset = ArrayDataset(images, labels, [str(i) for i in range(10)])
+    spec = ViewSpec(32, (0.35, 1.0), 1, 4, 0, seed=0, crop="pad", randaugment=9)
+    augmented, plain = MultiViewCrops(dataset, spec), MultiViewCrops(dataset, ViewSpec(
+        32, (0.35, 1.0), 1, 4, 0, seed=0, crop="pad"))  # fmt: skip
+    keys = [(i, 1000 + i) for i in range(len(dataset))]
+    first = [augmented[k][0][0] for k in keys]
+    assert all(torch.equal(a, augmented[k][0][0]) for a, k in zip(first, keys, strict=True))
+    assert any(not torch.equal(a, plain[k][0][0]) for a, k in zip(first, keys, strict=True))
+    assert np.array_equal(images, dataset.images)  # the data itself untouched
+
+
+def test_mixup_and_cutmix_are_a_function_of_the_batch_seed():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from selfsup.eval.finetune_phase import _mixing
+
+    inputs = SimpleNamespace(
+        ft=SimpleNamespace(mixup=0.8, cutmix=1.0, label_smoothing=0.1),
+        splits=SimpleNamespace(num_classes=10),
+    )
+    make = _mixing(inputs)  # type: ignore[arg-type]
+    images, labels = torch.rand(8, 3, 16, 16), torch.arange(8)
+    state = np.random.get_state()
+    # timm mixes in place: each call gets its own copy of the batch.
+    a, b = make([images.clone()], labels, 7), make([images.clone()], labels, 7)
+    assert torch.equal(a.views[0], b.views[0]) and torch.equal(a.labels, b.labels)
+    assert a.labels.shape == (8, 10) and torch.allclose(a.labels.sum(1), torch.ones(8))
+    assert not torch.equal(a.views[0], images)  # mixed
+    assert np.array_equal(np.random.get_state()[1], state[1])  # numpy's own stream untouched
+    objective = SupervisedObjective(Classifier(build_backbone("resnet18"), 10))
+    output = objective(type(a)([torch.rand(8, 3, 32, 32)], a.labels))
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
