@@ -1,12 +1,17 @@
 """Training-step throughput and MFU: selfsup's step against the same step in plain torch/timm.
 
-Two workloads, on synthetic batches already on the device (no data loading,
+Four workloads, on synthetic batches already on the device (no data loading,
 so the model step alone is measured):
 
 - ``simclr_r50``: SimCLR, ResNet-50 at 224 px, two views per image,
   2048-2048-128 projection head, NT-Xent; SGD with momentum; channels_last.
 - ``mae_vitb16``: MAE, ViT-B/16 at 224 px, 75% masked, 8-block 512-wide
   decoder, normalised-pixel loss; AdamW.
+- ``simclr_r18``: SimCLR on the distillation student alone (ResNet-18, 512-2048-128 head).
+- ``distill_r50_r18``: a frozen ResNet-50 teacher (forward pass only, no
+  autograd) and a ResNet-18 student with a 512-2048-2048 head regressing the
+  teacher's embeddings (cosine). Its FLOPs count the teacher's forward pass;
+  the last line compares its MFU with ``simclr_r18``'s.
 
 ``selfsup`` is the trainer's own ``optimizer_step`` on a model, engine and
 optimizer built from a selfsup config, exactly as ``selfsup train`` builds
@@ -26,9 +31,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -45,7 +52,8 @@ from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.train.trainer import optimizer_step
 from selfsup.ssl.outputs import StepOutput
 
-WORKLOADS = ("simclr_r50", "mae_vitb16")
+WORKLOADS = ("simclr_r50", "mae_vitb16", "simclr_r18", "distill_r50_r18")
+TWO_VIEWS = ("simclr_r50", "simclr_r18", "distill_r50_r18")
 
 
 @dataclass
@@ -60,7 +68,7 @@ class Sizes:
 def sizes(args: argparse.Namespace, workload: str) -> Sizes:
     if args.smoke:
         return Sizes(image=32, batch=4, patch=8, decoder_dim=32, decoder_depth=1)
-    batch = args.batch_size or (256 if workload == "simclr_r50" else 512)
+    batch = args.batch_size or (512 if workload == "mae_vitb16" else 256)
     return Sizes(image=224, batch=batch, patch=16, decoder_dim=512, decoder_depth=8)
 
 
@@ -69,12 +77,18 @@ def sizes(args: argparse.Namespace, workload: str) -> Sizes:
 
 def selfsup_overrides(workload: str, s: Sizes) -> list[str]:
     common = [f"data.image_size={s.image}", f"data.batch_size={s.batch}", "train.precision=bf16"]
-    if workload == "simclr_r50":
+    if workload in TWO_VIEWS:
+        backbone = "resnet50" if workload == "simclr_r50" else "resnet18"
         overrides = [
-            "model.backbone=resnet50", "model.cifar_stem=false", "model.channels_last=true",
-            "method.name=simclr", "method.proj_hidden_dim=2048", "method.proj_output_dim=128",
+            f"model.backbone={backbone}", "model.cifar_stem=false", "model.channels_last=true",
+            "method.proj_hidden_dim=2048", "method.proj_output_dim=128",
             "optim.name=sgd", "augment.num_views=2",
         ]  # fmt: skip
+        if workload == "distill_r50_r18":
+            overrides += ["method.name=distill", f"method.teacher={teacher_file(s.image)}",
+                          "method.regression=cosine"]  # fmt: skip
+        else:
+            overrides.append("method.name=simclr")
     else:
         overrides = [
             "model.backbone=vit_base", f"model.patch_size={s.patch}", "model.channels_last=false",
@@ -99,18 +113,41 @@ def selfsup_step(workload: str, s: Sizes, device: torch.device, compile_: bool) 
     return step
 
 
+def teacher_file(image_size: int) -> str:
+    """A ResNet-50 teacher's weights file (random weights: speed does not depend on them)."""
+    from selfsup.pipelines.checkpoint.weights import BackboneInfo, save_backbone
+
+    path = Path(tempfile.gettempdir()) / f"selfsup-bench-teacher-r50-{image_size}.pt"
+    if not path.is_file():
+        data = load_config(None, []).data
+        info = BackboneInfo("resnet50", "auto", False, image_size, list(data.mean),
+                            list(data.std), None, str(path), None)  # fmt: skip
+        save_backbone(path, info.build().trunk.state_dict(), info)
+    return str(path)
+
+
 # --- plain torch / timm -----------------------------------------------------------------
 
 
+def resnet(name: str) -> nn.Module:
+    trunk = getattr(torchvision.models, name)()
+    trunk.fc = nn.Identity()
+    return trunk
+
+
+def mlp_head(features: int, hidden: int, out: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+        nn.Linear(hidden, out),
+    )  # fmt: skip
+
+
 class PlainSimCLR(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, name: str = "resnet50") -> None:
         super().__init__()
-        self.backbone = torchvision.models.resnet50()
-        self.backbone.fc = nn.Identity()
-        self.head = nn.Sequential(
-            nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-            nn.Linear(2048, 128),
-        )  # fmt: skip
+        self.backbone = resnet(name)
+        features = 2048 if name == "resnet50" else 512
+        self.head = mlp_head(features, 2048, 128)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = F.normalize(self.head(self.backbone(torch.cat(views))).float(), dim=1)
@@ -119,6 +156,37 @@ class PlainSimCLR(nn.Module):
         logits.fill_diagonal_(float("-inf"))
         targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
         return F.cross_entropy(logits, targets)
+
+
+class PlainDistill(nn.Module):
+    """A frozen ResNet-50 teacher's embeddings regressed by a ResNet-18 student (cosine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = resnet("resnet18")
+        self.head = mlp_head(512, 2048, 2048)
+        self.teacher = [resnet("resnet50").eval().requires_grad_(False)]  # not a child: no state
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        images = torch.cat(views)
+        with torch.no_grad():
+            target = F.normalize(self.teacher[0](images).float(), dim=1)
+        prediction = F.normalize(self.head(self.student(images)).float(), dim=1)
+        return (1 - (prediction * target).sum(dim=1)).mean()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.teacher[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+
+def plain_model(workload: str, s: Sizes) -> nn.Module:
+    if workload == "simclr_r50":
+        return PlainSimCLR("resnet50")
+    if workload == "simclr_r18":
+        return PlainSimCLR("resnet18")
+    if workload == "distill_r50_r18":
+        return PlainDistill()
+    return PlainMAE(s)
 
 
 class PlainMAE(nn.Module):
@@ -168,8 +236,8 @@ class PlainMAE(nn.Module):
 
 def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) -> Callable:
     torch.manual_seed(0)
-    if workload == "simclr_r50":
-        model = PlainSimCLR().to(device).to(memory_format=torch.channels_last)
+    if workload in TWO_VIEWS:
+        model = plain_model(workload, s).to(device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
         channels_last = True
     else:
@@ -193,7 +261,7 @@ def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) ->
 
 
 def make_views(workload: str, s: Sizes, device: torch.device, channels_last: bool):
-    count = 2 if workload == "simclr_r50" else 1
+    count = 2 if workload in TWO_VIEWS else 1
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return [
         torch.randn(s.batch, 3, s.image, s.image, device=device).contiguous(memory_format=fmt)
@@ -203,11 +271,10 @@ def make_views(workload: str, s: Sizes, device: torch.device, channels_last: boo
 
 def step_flops(workload: str, s: Sizes) -> float | None:
     """FLOPs of one step of the plain model (the same computation as selfsup's)."""
-    count = 2 if workload == "simclr_r50" else 1
+    count = 2 if workload in TWO_VIEWS else 1
 
     def build() -> nn.Module:
-        model = PlainSimCLR() if workload == "simclr_r50" else PlainMAE(s)
-        return AsStepOutput(model)
+        return AsStepOutput(plain_model(workload, s))
 
     return count_step_flops(
         build, lambda device: [torch.zeros(s.batch, 3, s.image, s.image, device=device)] * count
@@ -244,10 +311,35 @@ def _rate(images_per_second: float) -> str:
     return f"{images_per_second:,.0f}" if images_per_second >= 100 else f"{images_per_second:.1f}"
 
 
+def measure(workload: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each side, alternating rounds."""
+    s = sizes(args, workload)
+    steps = {
+        "selfsup": selfsup_step(workload, s, device, args.compile),
+        "plain": plain_step(workload, s, device, args.compile),
+    }
+    for step in steps.values():  # compilation, allocator, cudnn autotuning
+        for _ in range(args.warmup):
+            step()
+    # Alternating rounds, median per side: drifts of the machine (clocks,
+    # other load) hit both sides alike.
+    rounds: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for label, step in steps.items():
+            rounds[label].append(time_steps(step, device, args.steps))
+    del steps
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {k: statistics.median(v) for k, v in rounds.items()}
+
+
+WORKLOAD_GROUPS = {"all": WORKLOADS, "distill": ("simclr_r18", "distill_r50_r18")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
-    parser.add_argument("--batch-size", type=int, help="default 256 (SimCLR), 512 (MAE)")
+    parser.add_argument("--workload", choices=[*WORKLOADS, *WORKLOAD_GROUPS], default="all")
+    parser.add_argument("--batch-size", type=int, help="default 256 (SimCLR, distill), 512 (MAE)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
     parser.add_argument("--warmup", type=int, default=5)
@@ -265,36 +357,25 @@ def main() -> None:
     print(f"# {name or device.type}, torch {torch.__version__}, compile={args.compile}")
     print("| workload | batch | selfsup img/s | plain img/s | ratio | selfsup MFU | plain MFU |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
-        s = sizes(args, workload)
-        flops = step_flops(workload, s)
-        steps = {
-            "selfsup": selfsup_step(workload, s, device, args.compile),
-            "plain": plain_step(workload, s, device, args.compile),
-        }
-        for step in steps.values():  # compilation, allocator, cudnn autotuning
-            for _ in range(args.warmup):
-                step()
-        # Alternating rounds, median per side: drifts of the machine (clocks,
-        # other load) hit both sides alike.
-        rounds: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(args.rounds):
-            for label, step in steps.items():
-                rounds[label].append(time_steps(step, device, args.steps))
-        seconds = {k: statistics.median(v) for k, v in rounds.items()}
-        del steps
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        rate = {k: s.batch / v for k, v in seconds.items()}
+    achieved: dict[str, float] = {}  # selfsup's FLOP/s by workload
+    for workload in WORKLOAD_GROUPS.get(args.workload, (args.workload,)):
+        batch, flops = sizes(args, workload).batch, step_flops(workload, sizes(args, workload))
+        seconds = measure(workload, args, device)
+        rate = {k: batch / v for k, v in seconds.items()}
         mfu = {
             k: (f"{100 * flops / v / peak:.1f}%" if flops and peak else "-")
             for k, v in seconds.items()
         }
+        if flops:
+            achieved[workload] = flops / seconds["selfsup"]
         print(
-            f"| {workload} | {s.batch} | {_rate(rate['selfsup'])} | {_rate(rate['plain'])} | "
+            f"| {workload} | {batch} | {_rate(rate['selfsup'])} | {_rate(rate['plain'])} | "
             f"{rate['selfsup'] / rate['plain']:.2f}x | {mfu['selfsup']} | {mfu['plain']} |",
             flush=True,
         )
+    if {"simclr_r18", "distill_r50_r18"} <= set(achieved):
+        share = achieved["distill_r50_r18"] / achieved["simclr_r18"]
+        print(f"distillation MFU (teacher FLOPs counted) / student SimCLR MFU: {100 * share:.0f}%")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ the weights its pretraining started from) as the control.
 
 Layout, under ``<run>/finetune/<dataset>/<recipe>/``::
 
-    pretrained/ scratch/        one fine-tune each
+    pretrained/ scratch/        one fine-tune each (and distilled/ with finetune.teacher)
         <phase>/                a phase's run directory (config, checkpoints, tb, train.log)
         history.json            per-epoch train and validation loss/accuracy, best epoch
         classifier.pt           the best epoch's weights (weights-only)
@@ -50,6 +50,7 @@ from selfsup.eval.finetune_phase import (
     starting_classifier,
     steps_per_epoch,
 )
+from selfsup.eval.finetune_teacher import load_teacher_classifier
 from selfsup.eval.history import History
 from selfsup.eval.probe import initial_backbone, probe
 from selfsup.eval.transfer_data import Splits, load_splits
@@ -64,7 +65,7 @@ from selfsup.pipelines.train.trainer import train
 log = logging.getLogger(__name__)
 
 FINETUNE_DIR = "finetune"
-INITS = ("pretrained", "scratch")
+INITS = ("pretrained", "distilled", "scratch")
 
 
 @dataclass
@@ -104,6 +105,8 @@ def load_source(path: str | Path, run_config: RunConfig) -> Source:
     """The weights at ``path``, and the run's initial ones when ``finetune.baseline`` is on."""
     trained, info = load_backbone(path)
     trunks = {"pretrained": trained.trunk.state_dict()}
+    if run_config.finetune.teacher:  # the same start, with the teacher's soft targets
+        trunks["distilled"] = trunks["pretrained"]
     if run_config.finetune.baseline:
         trunks["scratch"] = initial_backbone(info).trunk.state_dict()
     return Source(info=info, run_config=run_config, trunks=trunks)
@@ -173,13 +176,17 @@ def _finetune_dataset(
         test_images=len(splits.test), image_size=image_size,
     )  # fmt: skip
     recipe_dir = out_dir / FINETUNE_DIR / name / ft.recipe
+    teacher = None
+    if "distilled" in source.trunks:
+        teacher = load_teacher_classifier(ft.teacher, name, splits.classes, source.info)
     for init, trunk in source.trunks.items():
         log.info(
             "fine-tuning (%s, %s) on %s: %d train / %d validation / %d test images at %d px",
             ft.recipe, init, name, len(splits.train), len(splits.val), len(splits.test),
             image_size,
         )  # fmt: skip
-        inputs = PhaseInputs(source.info, trunk, splits, ft, image_size, init, name)
+        inputs = PhaseInputs(source.info, trunk, splits, ft, image_size, init, name,
+                             teacher=teacher if init == "distilled" else None)  # fmt: skip
         result.results[init] = _finetune_init(source, inputs, recipe_dir / init, engine)
     return result
 

@@ -30,8 +30,9 @@ from selfsup.pipelines.data.loaders import TorchvisionTrainLoader, ViewSpec, eva
 from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.optim import layer_decay_groups
-from selfsup.pipelines.train.trainer import PartsFactory, Trainer, TrainParts
+from selfsup.pipelines.train.trainer import PartsFactory, Trainer, TrainParts, with_teacher_checks
 from selfsup.ssl.classifier import Classifier, Labelled, SupervisedConfig, SupervisedObjective
+from selfsup.ssl.distill import FrozenTeacher
 
 CLASSIFIER_FILE = "classifier.pt"
 # MAE/BEiT fine-tuning defaults: 0.65 up to ViT-B, 0.75 for larger ViTs.
@@ -65,8 +66,9 @@ class PhaseInputs:
     splits: Splits
     ft: FinetuneConfig
     image_size: int
-    init: str  # pretrained | scratch
+    init: str  # pretrained | distilled | scratch
     dataset: str
+    teacher: FrozenTeacher | None = None  # distilled: the frozen teacher classifier
 
 
 def steps_per_epoch(train_images: int, batch_size: int, world_size: int) -> int:
@@ -137,8 +139,10 @@ def phase_parts(
         classifier = starting_classifier(inputs, previous)
         if phase.frozen_base:
             classifier.freeze_base()
-        objective = SupervisedObjective(classifier, inputs.ft.label_smoothing)
-        return TrainParts(
+        ft, teacher = inputs.ft, inputs.teacher
+        objective = SupervisedObjective(classifier, ft.label_smoothing, teacher,
+                                        ft.distill_temperature, ft.distill_alpha)  # fmt: skip
+        parts = TrainParts(
             model=objective,
             loader=_loader(inputs, config, engine),
             augment=BatchAugment(config.augment, inputs.image_size, list(inputs.info.mean),
@@ -150,6 +154,7 @@ def phase_parts(
             count_flops=False,
             label=f"fine-tune ({inputs.init}, {phase.name})",
         )  # fmt: skip
+        return with_teacher_checks(parts, teacher)
 
     return build
 

@@ -26,7 +26,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
-COLOURS = {"pretrained": "#1f77b4", "scratch": "#d62728"}
+COLOURS = {"pretrained": "#1f77b4", "distilled": "#2ca02c", "scratch": "#d62728"}
 
 
 def write_recipe_report(result: RecipeResult, out_dir: Path, ft: FinetuneConfig) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from selfsup.pipelines.train.optim import OPTIMIZERS, SCHEDULES
 from selfsup.registry import UnknownName
 from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import SOURCES, VIT_POOLS
-from selfsup.ssl.classifier import check_head, check_label_smoothing
+from selfsup.ssl.classifier import check_head, check_label_smoothing, check_logit_distillation
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig
 from selfsup.ssl.methods import default_method_config
 
@@ -213,6 +213,13 @@ class FinetuneConfig:
     cutmix: float = 0.0  # timm's CutMix alpha (0: off)
     baseline: bool = True  # also fine-tune the same architecture from random init (scratch)
     log_every: int = 10  # steps between TensorBoard scalars
+    # Logit distillation (Hinton et al.): a fine-tuned teacher classifier (its classifier.pt,
+    # or a folder holding <dataset>/<recipe>/pretrained/classifier.pt). When set, a third
+    # fine-tune, "distilled", starts from the same weights as "pretrained" and learns from
+    # (1 - distill_alpha) x label loss + distill_alpha x T^2 x KL(teacher || student).
+    teacher: str = ""
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
 
 
 @dataclass
@@ -559,6 +566,7 @@ def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> N
     with config_keys_in_errors(section="finetune"):
         check_head(ft.head_hidden, ft.head_dropout)
         check_label_smoothing(ft.label_smoothing)
+        check_logit_distillation(ft.distill_temperature, ft.distill_alpha)
 
 
 def _pair(values: list[float], key: str) -> tuple[float, float]:

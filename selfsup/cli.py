@@ -284,6 +284,7 @@ def result_accuracies(result) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.eval.distill_report import distillation_tables
     from selfsup.eval.finetune_report import read_recipe_reports
     from selfsup.eval.report import (
         NOT_EVALUATED,
@@ -303,6 +304,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print_table("runs", *comparison(probed))
     for dataset, rows in transfer_tables(runs).items():
         _print_table(f"{dataset}: test top-1 (%)", TRANSFER_HEADER, rows)
+    for title, header, rows in distillation_tables([Path(r) for r in args.runs]):
+        _print_table(title, header, rows)
     for name, probe_report, finetunes in runs:
         if probe_report is None and not finetunes:
             print(f"{name}: {NOT_EVALUATED.replace('RUN', name)}")

@@ -24,6 +24,7 @@ from torch import nn
 
 from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.distill import FrozenTeacher, TeacherHolder, logit_distillation_loss
 from selfsup.ssl.method import BuildContext, MethodConfig, check_positive, register_method
 from selfsup.ssl.outputs import StepOutput
 
@@ -115,17 +116,41 @@ class SupervisedConfig(MethodConfig):
         check_label_smoothing(self.label_smoothing)
 
 
+def check_logit_distillation(temperature: float, alpha: float) -> None:
+    check_positive(temperature, "distill_temperature")
+    if not 0.0 <= alpha <= 1.0:
+        raise ArgumentError(
+            f"distill_alpha must be between 0 and 1 (the soft-target loss's share), got {alpha}",
+            "distill_alpha",
+        )
+
+
 @register_method("supervised", SupervisedConfig)
-class SupervisedObjective(nn.Module):
-    """Cross-entropy of a :class:`Classifier` on one labelled view: the fine-tuning step."""
+class SupervisedObjective(TeacherHolder):
+    """Cross-entropy of a :class:`Classifier` on one labelled view: the fine-tuning step.
+
+    With a ``teacher`` (a frozen classifier), Hinton et al.'s distillation:
+    ``(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student)`` at
+    temperature ``T``, the teacher seeing the same (augmented, mixed) images.
+    """
 
     uses_labels = True  # the trainer passes Labelled(views, labels) instead of views alone
 
-    def __init__(self, classifier: Classifier, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        label_smoothing: float = 0.0,
+        teacher: FrozenTeacher | None = None,
+        distill_temperature: float = 4.0,
+        distill_alpha: float = 0.5,
+    ) -> None:
         super().__init__()
         check_label_smoothing(label_smoothing)
+        check_logit_distillation(distill_temperature, distill_alpha)
         self.classifier = classifier
         self.label_smoothing = label_smoothing
+        self.hold_teacher(teacher)
+        self.distill_temperature, self.distill_alpha = distill_temperature, distill_alpha
 
     @classmethod
     def from_config(
@@ -150,4 +175,11 @@ class SupervisedObjective(nn.Module):
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             hard = labels
         accuracy = (logits.detach().argmax(dim=-1) == hard).float().mean() * 100.0
-        return StepOutput(loss=loss, metrics={"accuracy": accuracy})
+        if self.teacher is None:
+            return StepOutput(loss=loss, metrics={"accuracy": accuracy})
+        soft = logit_distillation_loss(
+            logits, self.teacher(batch.views[0]), self.distill_temperature
+        )
+        total = (1.0 - self.distill_alpha) * loss + self.distill_alpha * soft
+        metrics = {"accuracy": accuracy, "loss/label": loss.detach(), "loss/distill": soft.detach()}
+        return StepOutput(loss=total, metrics=metrics)

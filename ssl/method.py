@@ -43,6 +43,8 @@ class BuildContext:
     image_size: int
     num_views: int = 2
     distributed: bool = False  # several processes: losses gather across ranks
+    # A frozen teacher (distillation), loaded by the caller: ``ssl`` reads no files.
+    teacher: nn.Module | None = None
 
 
 @dataclass(frozen=True)

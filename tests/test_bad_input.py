@@ -176,6 +176,67 @@ CASES: dict[str, tuple[Case, str]] = {
         "'finetune.head_hidden' is [8, 8, 8, 8, 8]; it takes at most 4",
     ),
 }
+
+
+def _distill_from(teacher: Callable[[Path, Path], Path], *extra: str) -> Case:
+    """Train a distillation student into scratch/student from the teacher a case makes."""
+    return lambda run, s, b: [
+        "train", DEMO, *b, f"run_dir={s / 'student'}", "method.name=distill",
+        f"method.teacher={teacher(run, s)}", *extra,
+    ]  # fmt: skip
+
+
+def _teacher_carrying_code(run: Path, scratch: Path) -> Path:
+    from helpers.payloads import poison_zip_pickle
+
+    teacher = scratch / "teacher.pt"
+    shutil.copy(run / "backbone.pt", teacher)
+    poison_zip_pickle(teacher, scratch / "ran")
+    return teacher
+
+
+def _vit_teacher(run: Path, scratch: Path) -> Path:
+    from helpers.teachers import write_teacher
+
+    return write_teacher(scratch / "vit.pt", seed=1, name="vit_tiny", patch_size=4)
+
+
+CASES |= {
+    "distill from a missing teacher": (
+        _distill_from(lambda run, s: s / "none"),
+        "'method.teacher' names",
+    ),
+    "distill from a teacher that is not a backbone": (
+        _distill_from(lambda run, s: torch.save({"w": torch.ones(2)}, s / "t.pt") or s / "t.pt"),
+        "is not a selfsup backbone file",
+    ),
+    "distill from a teacher file that carries code": (
+        _distill_from(_teacher_carrying_code),
+        "teacher.pt: it carries code",
+    ),
+    "distill from a ViT teacher at a size its patches cannot tile": (
+        _distill_from(_vit_teacher, "method.teacher_image_size=30"),
+        "'method.teacher_image_size' is 30, which the teacher's 4-pixel patches cannot tile",
+    ),
+    "finetune from a missing teacher": (
+        lambda run, s, b: ["finetune", str(run), "--datasets", "cifar10", f"teacher={s / 'no'}"],
+        "'finetune.teacher' names",
+    ),
+    "finetune from a teacher that is a backbone, not a classifier": (
+        lambda run, s, b: [
+            "finetune",
+            str(run),
+            "--datasets",
+            "cifar10",
+            f"teacher={run / 'backbone.pt'}",
+        ],
+        "is not a selfsup classifier file",
+    ),
+    "distill with every loss off": (
+        _distill_from(lambda run, s: run, "method.regression=none"),
+        "every loss is off",
+    ),
+}
 if not torch.cuda.is_available():
     CASES["probe on a missing GPU"] = (
         lambda run, s, b: ["probe", str(run), "--device", "cuda"],
@@ -202,3 +263,4 @@ def test_bad_input_is_one_line_and_changes_nothing(case, finished_run, tmp_path,
     assert len(lines) == 1 and lines[0].startswith("selfsup: error:"), err
     assert "Traceback" not in err and fragment in lines[0], lines[0]
     assert snapshot(run) == before
+    assert not (scratch / "student").exists() and not (scratch / "ran").exists()

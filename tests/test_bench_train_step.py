@@ -44,4 +44,5 @@ def test_bench_runs_and_prints_both_rows():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
-    assert [row.split(" | ")[0] for row in rows] == ["| simclr_r50", "| mae_vitb16"]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {w}" for w in train_step.WORKLOADS]
+    assert "distillation MFU (teacher FLOPs counted) / student SimCLR MFU:" in result.stdout

@@ -142,18 +142,17 @@ def base(tiny_overrides):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
-def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(engine, base, tmp_path):
-    common = [*base, *ENGINES[engine], "train.max_steps=8", "checkpoint.every_steps=2"]
-    finish(launch(2, [*common, f"run_dir={tmp_path / 'a'}"]))
+def assert_sigkill_resume_is_bitwise(nproc: int, common: list[str], tmp_path: Path) -> None:
+    """An uninterrupted run and one SIGKILLed after step 4 and relaunched end identical."""
+    finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"]))
 
     run_b = tmp_path / "b"
-    process = launch(2, [*common, f"run_dir={run_b}"])
+    process = launch(nproc, [*common, f"run_dir={run_b}"])
     kill_when(process, run_b / "checkpoints" / "step_000000004")
     assert process.returncode == -signal.SIGKILL and not (run_b / "backbone.pt").exists()
     killed_at = int(read_meta(find_latest(run_b / "checkpoints"))["step"])
     assert 4 <= killed_at < 8
-    err = finish(launch(2, [*common, f"run_dir={run_b}"]))
+    err = finish(launch(nproc, [*common, f"run_dir={run_b}"]))
     assert (
         f"resuming from checkpoint {run_b / 'checkpoints' / f'step_{killed_at:09d}'} "
         f"at step {killed_at}/8" in err
@@ -165,6 +164,26 @@ def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(engin
     curve_b = dict(read_scalars(run_b / "tb", "train/loss"))
     assert sorted(curve_b) == list(range(1, 9))
     assert all(curve_a[s] == curve_b[s] for s in range(killed_at + 1, 9))
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(engine, base, tmp_path):
+    common = [*base, *ENGINES[engine], "train.max_steps=8", "checkpoint.every_steps=2"]
+    assert_sigkill_resume_is_bitwise(2, common, tmp_path)
+
+
+@pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
+def test_distillation_resumes_bitwise_after_sigkill(engine, base, tmp_path):
+    from helpers.teachers import write_teacher
+
+    teacher = write_teacher(tmp_path / "teacher.pt", seed=7)
+    distill = [
+        "method.name=distill", f"method.teacher={teacher}", "method.seed_weight=0.5",
+        "method.seed_queue_size=40", "method.simclr_weight=0.5",
+    ]  # fmt: skip
+    nproc, engine_overrides = (1, []) if engine == "single" else (2, ENGINES[engine])
+    common = [*base, *engine_overrides, *distill, "train.max_steps=8", "checkpoint.every_steps=2"]
+    assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])

@@ -36,6 +36,9 @@ TB_DIR = "tb"
 
 # Sections that define the network: a checkpoint cannot be resumed under others.
 STRUCTURAL_SECTIONS = ("model", "method")
+# Paths to files whose contents the run checks itself: a moved teacher is the
+# same teacher if its weights' SHA-256 is (selfsup.pipelines.train.teacher).
+RELOCATABLE_KEYS = ("method.teacher",)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,7 +118,11 @@ def prepare_run_dir(config: RunConfig, resuming: bool, is_main: bool = True) -> 
     run_dir = config.resolved_run_dir()
     if resuming and (run_dir / CONFIG_FILE).is_file():
         changes = config_changes(load_saved_config(run_dir / CONFIG_FILE), config)
-        structural = {k: v for k, v in changes.items() if k.split(".")[0] in STRUCTURAL_SECTIONS}
+        structural = {
+            k: v
+            for k, v in changes.items()
+            if k.split(".")[0] in STRUCTURAL_SECTIONS and k not in RELOCATABLE_KEYS
+        }
         if structural:
             listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in structural.items())
             raise ConfigError(

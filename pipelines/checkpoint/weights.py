@@ -160,21 +160,7 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
         log.info("%s is a fine-tuned classifier: using its backbone, without its head", path)
         state = {k[len(CLASSIFIER_TRUNK) :]: v for k, v in state.items()
                  if k.startswith(CLASSIFIER_TRUNK)}  # fmt: skip
-    spec = payload["backbone"]
-    info = BackboneInfo(
-        name=spec["name"],
-        source=spec["source"],
-        cifar_stem=bool(spec["cifar_stem"]),
-        patch_size=spec["patch_size"] if spec.get("patch_size", -1) > 0 else None,
-        pool=spec.get("pool", "token"),
-        image_size=int(payload["image_size"]),
-        mean=list(payload["mean"]),
-        std=list(payload["std"]),
-        step=int(payload["step"]) if payload.get("step", -1) >= 0 else None,
-        origin=str(path),
-        run_dir=run_dir,
-        seed=int(payload.get("seed", 0)),
-    )
+    info = info_from_header(payload, str(path), run_dir)
     backbone = info.build()
     result = backbone.trunk.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -184,6 +170,25 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
             f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
         )
     return backbone, info
+
+
+def info_from_header(payload: dict[str, Any], origin: str, run_dir: Path | None) -> BackboneInfo:
+    """The backbone a weights file's header (:func:`weights_header`) describes."""
+    spec = payload["backbone"]
+    return BackboneInfo(
+        name=spec["name"],
+        source=spec["source"],
+        cifar_stem=bool(spec["cifar_stem"]),
+        patch_size=spec["patch_size"] if spec.get("patch_size", -1) > 0 else None,
+        pool=spec.get("pool", "token"),
+        image_size=int(payload["image_size"]),
+        mean=list(payload["mean"]),
+        std=list(payload["std"]),
+        step=int(payload["step"]) if payload.get("step", -1) >= 0 else None,
+        origin=origin,
+        run_dir=run_dir,
+        seed=int(payload.get("seed", 0)),
+    )
 
 
 def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:

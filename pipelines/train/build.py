@@ -12,6 +12,7 @@ from torch import nn
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
 from selfsup.pipelines.data.augment import BatchAugment
 from selfsup.pipelines.data.train_loader import build_train_loader
+from selfsup.pipelines.train.teacher import load_teacher
 from selfsup.ssl.backbones import Backbone, build_backbone
 from selfsup.ssl.method import BuildContext
 from selfsup.ssl.methods import build_method
@@ -34,12 +35,13 @@ def build_backbone_for(config: RunConfig) -> Backbone:
 
 
 def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
-    """Backbone + method (heads, decoder, loss) as configured."""
+    """Backbone + method (heads, decoder, loss) as configured; a distillation's teacher loaded."""
     backbone = build_backbone_for(config)
     context = BuildContext(
         image_size=config.data.image_size,
         num_views=config.augment.num_views,
         distributed=distributed,
+        teacher=load_teacher(config),
     )
     with config_keys_in_errors(config.method):
         return build_method(backbone, config.method, context)

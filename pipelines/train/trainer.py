@@ -22,7 +22,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from selfsup.atomic import write_atomic
 from selfsup.errors import TrainingError, one_line
-from selfsup.pipelines.checkpoint.folders import find_latest
+from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
     BACKBONE_FILE,
@@ -56,9 +57,11 @@ from selfsup.pipelines.train.optim import (
     configured_hyperparameters,
     peak_lr,
 )
+from selfsup.pipelines.train.teacher import require_same_teacher, teacher_record
 from selfsup.pipelines.train.throughput import Throughput, count_step_flops
 from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
 from selfsup.ssl.classifier import Labelled
+from selfsup.ssl.distill import FrozenTeacher
 from selfsup.ssl.outputs import StepOutput
 
 log = logging.getLogger(__name__)
@@ -246,12 +249,15 @@ class Trainer:
             "global_batch": self.global_batch,
             "samples_seen": self.state.step * self.global_batch,
             "loss": self.last_loss,
+            **self.parts.checkpoint_meta,
         }
 
     def resume(self, path: Path) -> None:
         # The checkpoint restores the optimizer's state (momenta) and the schedule's
         # position; its hyperparameters are the config's, so that a changed
         # weight decay or momentum applies as the log line of the change says.
+        if self.parts.check_resume is not None:
+            self.parts.check_resume(path, read_meta(path))
         with configured_hyperparameters(self.optimizer):
             self.checkpoints.load(path)
         apply_schedule(self.scheduler)
@@ -440,6 +446,10 @@ class TrainParts:
     export: Callable[[Trainer, dict[str, torch.Tensor]], Path] | None = None
     count_flops: bool = True  # the method's FLOPs per step, for MFU
     label: str | None = None  # what the start-up log line calls the objective (the method)
+    # Extra meta.json / summary.json entries (a distillation's teacher), and a
+    # check of a checkpoint's meta.json before resuming from it.
+    checkpoint_meta: dict[str, Any] = field(default_factory=dict)
+    check_resume: Callable[[Path, dict[str, Any]], None] | None = None
 
 
 PartsFactory = Callable[[RunConfig, Engine], TrainParts]
@@ -448,12 +458,22 @@ PartsFactory = Callable[[RunConfig, Engine], TrainParts]
 def pretraining_parts(config: RunConfig, engine: Engine) -> TrainParts:
     """The configured method on the configured backbone, multi-view loader and augmentation."""
     model = build_model(config, distributed=engine.world_size > 1)
-    return TrainParts(
+    parts = TrainParts(
         model=model,
         loader=build_train_loader(config, engine.rank, engine.world_size, engine.device),
         augment=build_augment(config),
         inputs=with_labels if getattr(model, "uses_labels", False) else None,
     )
+    teacher = getattr(model, "teacher", None)
+    return with_teacher_checks(parts, teacher if isinstance(teacher, FrozenTeacher) else None)
+
+
+def with_teacher_checks(parts: TrainParts, teacher: FrozenTeacher | None) -> TrainParts:
+    """A distillation's parts: checkpoints record the teacher; resuming checks it is the same."""
+    if teacher is not None:
+        parts.checkpoint_meta = teacher_record(teacher)
+        parts.check_resume = partial(require_same_teacher, teacher)
+    return parts
 
 
 def with_labels(views: list[torch.Tensor], labels: torch.Tensor, seed: int) -> Labelled:
@@ -510,6 +530,7 @@ def _finish(trainer: Trainer, step: int, total_steps: int) -> None:
         "world_size": engine.world_size,
         "seconds_this_start": round(time.perf_counter() - started, 1),
         "backbone": asdict(info) | {"run_dir": str(run_dir)},
+        **trainer.parts.checkpoint_meta,
     }
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
     log.info("finished %d steps; weights in %s", step, exported)

@@ -220,3 +220,36 @@ def test_mixup_and_cutmix_are_a_function_of_the_batch_seed():
     objective = SupervisedObjective(Classifier(build_backbone("resnet18"), 10))
     output = objective(type(a)([torch.rand(8, 3, 32, 32)], a.labels))
     assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+
+
+def test_logit_distillation_finetunes_a_distilled_student_beside_the_undistilled_one(
+    pretrained_run, data_root, tmp_path, capsys
+):
+    teacher_run = pretrained_run
+    assert main(finetune_args(teacher_run, data_root, "--recipe", "full", "epochs=2",
+                              "baseline=false")) == 0  # fmt: skip
+    teacher_file = teacher_run / "finetune" / "cifar10" / "full" / "pretrained" / "classifier.pt"
+    out = tmp_path / "student"
+    args = finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=1",
+                         "baseline=false", f"teacher={teacher_run}", "distill_alpha=0.7",
+                         "--out", str(out))  # fmt: skip
+    assert main(args) == 0
+    assert "distilled" in capsys.readouterr().out
+    folder = out / "finetune" / "cifar10" / "full"
+    report = json.loads((folder / "report.json").read_text())
+    assert list(report["test_accuracy"]) == ["pretrained", "distilled"]
+    from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
+
+    latest = find_latest(folder / "distilled" / "full" / "checkpoints")
+    assert latest is not None and read_meta(latest)["teacher"]["origin"] == str(teacher_file)
+    curves = {tag for tag, _ in _scalar_tags(folder / "distilled" / "full" / "tb")}
+    assert {"train/loss/distill", "train/loss/label"} <= curves
+    assert not any("distill" in t for t, _ in _scalar_tags(folder / "pretrained" / "full" / "tb"))
+
+
+def _scalar_tags(tb_dir: Path) -> list[tuple[str, int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tb_dir))
+    accumulator.Reload()
+    return [(tag, len(accumulator.Scalars(tag))) for tag in accumulator.Tags()["scalars"]]
