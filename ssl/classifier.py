@@ -180,6 +180,7 @@ class SupervisedObjective(TeacherHolder):
         soft = logit_distillation_loss(
             logits, self.teacher(batch.views[0]), self.distill_temperature
         )
-        total = (1.0 - self.distill_alpha) * loss + self.distill_alpha * soft
+        # One new tensor (as in Distill.forward): no alias of ``loss`` under torch.compile.
+        total = torch.stack([(1.0 - self.distill_alpha) * loss, self.distill_alpha * soft]).sum()
         metrics = {"accuracy": accuracy, "loss/label": loss.detach(), "loss/distill": soft.detach()}
         return StepOutput(loss=total, metrics=metrics)

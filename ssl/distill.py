@@ -83,16 +83,18 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)  # always eval: BatchNorm statistics and dropout frozen
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.renormalise:
-            images = images * self.scale + self.shift
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(
-                images, size=(self.image_size, self.image_size), mode="bilinear",
-                align_corners=False, antialias=images.shape[-1] > self.image_size,
-            )  # fmt: skip
-        return self.network(images).float()
+        # A with-block, not the @torch.no_grad() decorator: under torch.compile the
+        # decorator's grad mode leaked into the student's graph (its loss had no grad).
+        with torch.no_grad():
+            if self.renormalise:
+                images = images * self.scale + self.shift
+            if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+                images = F.interpolate(
+                    images, size=(self.image_size, self.image_size), mode="bilinear",
+                    align_corners=False, antialias=images.shape[-1] > self.image_size,
+                )  # fmt: skip
+            return self.network(images).float()
 
 
 class TeacherHolder(nn.Module):
@@ -310,6 +312,8 @@ class Distill(TeacherHolder):
             terms["ntxent"] = sum(self.criterion(z[i], z[j]) for i, j in pairs) / len(pairs)
         weights = {"regression": config.regression_weight, "seed": config.seed_weight,
                    "ntxent": config.simclr_weight}  # fmt: skip
-        loss = sum(weights[name] * value for name, value in terms.items())
-        assert isinstance(loss, torch.Tensor)
+        # stack + sum, not Python's sum: under torch.compile, a weight of 1.0 folded
+        # ``loss`` into an alias of its term, and with the term's detached copy also
+        # returned (a metric) the compiled loss came back without a gradient.
+        loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
         return StepOutput(loss=loss, metrics={f"loss/{k}": v.detach() for k, v in terms.items()})

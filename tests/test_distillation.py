@@ -128,7 +128,7 @@ def test_report_puts_teacher_distilled_and_undistilled_students_side_by_side(
     assert main(["report", str(control), str(student), str(teacher)]) == 0
     out = capsys.readouterr().out
     assert f"distillation: student from teacher {teacher} (top-1 %)" in out
-    table = out[out.index("distillation: student") :].splitlines()
+    table = [line for line in out[out.index("distillation: student") :].splitlines() if "│" in line]
     rows = {role: next(line for line in table if f" {role} " in line)
             for role in ("teacher", "distilled student", "undistilled student")}  # fmt: skip
     assert str(teacher) in rows["teacher"] and knn["teacher"] in rows["teacher"]

@@ -86,8 +86,8 @@ def test_the_registry_feeds_choices_keys_and_errors(toy_method, overrides):
         load_config(None, [*overrides, "method.weight=0"])
     with pytest.raises(ConfigError, match="did you mean 'method.embed_dim'"):
         load_config(None, [*overrides, "method.embed_dm=3"])
-    with pytest.raises(ConfigError, match="is an option of method simclr"):
-        load_config(None, [*overrides, "method.temperature=0.1"])
+    with pytest.raises(ConfigError, match="is an option of method simclr, not of method.name=toy"):
+        load_config(None, [*overrides, "method.proj_num_layers=3"])
 
 
 def test_without_registration_the_name_is_refused(overrides):

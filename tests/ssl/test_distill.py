@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.ssl.arguments import ArgumentError
-from selfsup.ssl.backbones import build_backbone
+from selfsup.ssl.backbones import Backbone, build_backbone
 from selfsup.ssl.distill import (
     DistillConfig,
     EmbeddingQueue,
@@ -139,3 +139,24 @@ def test_loss_weights_combine_the_active_terms():
     expected = 2.0 * m["loss/regression"] + 0.5 * m["loss/seed"] + 0.25 * m["loss/ntxent"]
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert F.normalize(model.queue.embeddings, dim=1).shape == (16, 512)
+
+
+def _tiny_backbone(seed: int) -> Backbone:
+    torch.manual_seed(seed)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten())  # fmt: skip
+    return Backbone(trunk, feature_dim=8, name="tiny")
+
+
+@pytest.mark.parametrize("options", [{}, {"seed_weight": 1.0, "seed_queue_size": 8}])
+def test_compiled_distillation_trains_the_student_and_leaves_the_teacher(options):
+    """Under torch.compile (inductor) the loss keeps its gradient, whatever the weights."""
+    teacher = FrozenTeacher(_tiny_backbone(1), 8, 16, MEAN_STD, MEAN_STD)
+    config = DistillConfig(teacher="t.pt", proj_hidden_dim=8, **options)
+    model = build_method(_tiny_backbone(2), config, BuildContext(image_size=16, teacher=teacher))
+    torch._dynamo.reset()
+    output = torch.compile(model)([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
+    assert output.loss.requires_grad
+    output.loss.backward()
+    assert model.backbone.trunk[0].weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
