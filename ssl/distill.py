@@ -227,8 +227,9 @@ class DistillConfig(MethodConfig):
                 raise ArgumentError(f"{weight} must be >= 0, got {getattr(self, weight)}", weight)
         if self.active_losses() == []:
             raise ArgumentError(
-                "every loss is off: set regression_weight, seed_weight or simclr_weight above 0",
-                "regression_weight", "seed_weight", "simclr_weight",
+                "every loss is off: set regression=cosine with regression_weight=1, or "
+                "seed_weight=1, or simclr_weight=1 (any weight above 0)",
+                "regression", "regression_weight", "seed_weight", "simclr_weight",
             )  # fmt: skip
         for option in ("seed_queue_size", "seed_student_temperature",
                        "seed_teacher_temperature", "temperature", "proj_output_dim"):  # fmt: skip
