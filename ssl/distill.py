@@ -265,13 +265,14 @@ class Distill(TeacherHolder):
         self.hold_teacher(teacher)
         hidden = config.proj_hidden_dim or backbone.feature_dim
         self.distill_head = SimCLRProjectionHead(backbone.feature_dim, hidden, teacher.output_dim)
+        active = config.active_losses()
         self.queue: EmbeddingQueue | None = (
             EmbeddingQueue(config.seed_queue_size, teacher.output_dim, distributed)
-            if config.seed_weight > 0
+            if "seed" in active
             else None
         )
         self.projection_head: nn.Module | None = None
-        if config.simclr_weight > 0:
+        if "ntxent" in active:
             self.projection_head = SimCLRProjectionHead(
                 backbone.feature_dim, hidden, config.proj_output_dim
             )
