@@ -33,6 +33,7 @@ from selfsup.pipelines.train.optim import layer_decay_groups
 from selfsup.pipelines.train.trainer import PartsFactory, Trainer, TrainParts, with_teacher_checks
 from selfsup.ssl.classifier import Classifier, Labelled, SupervisedConfig, SupervisedObjective
 from selfsup.ssl.distill import FrozenTeacher
+from selfsup.ssl.sparsity import fold_mask_keys
 
 CLASSIFIER_FILE = "classifier.pt"
 # MAE/BEiT fine-tuning defaults: 0.65 up to ViT-B, 0.75 for larger ViTs.
@@ -119,6 +120,9 @@ def phase_config(
             engine=engine.name, grad_accum_steps=1,
         ),
         checkpoint=CheckpointConfig(every_steps=per_epoch, keep_last=1),
+        # A sparse fine-tune prunes once, before its first step, and keeps the masks:
+        # a sparse backbone's zeros are its smallest weights, so they stay the zeros.
+        sparsity=dataclasses.replace(run.sparsity, schedule="one_shot", start=0),
         method=SupervisedConfig(
             num_classes=inputs.splits.num_classes, head_hidden=list(ft.head_hidden),
             head_dropout=ft.head_dropout, label_smoothing=ft.label_smoothing,
@@ -278,7 +282,8 @@ class Validator:
         self._log(trainer, entry)
         if trainer.engine.is_main and (best is None or val.accuracy > best):
             save_classifier(
-                self.history.path.parent / CLASSIFIER_FILE, objective.classifier.state_dict(),
+                self.history.path.parent / CLASSIFIER_FILE,
+                fold_mask_keys(objective.classifier.state_dict()),  # a sparse run's real zeros
                 info, self.inputs.splits.classes, list(self.inputs.ft.head_hidden),
                 {"epoch": epoch, "val_accuracy": val.accuracy, "init": self.inputs.init},
             )  # fmt: skip

@@ -17,9 +17,9 @@ from selfsup.pipelines.config import (
 )
 
 RECIPE_DIR = Path("configs") / "finetune"
-# Sections a fine-tune override may name in full (train.precision=fp32);
+# Sections a fine-tune override may name in full (train.precision=fp32, sparsity.target=0.5);
 # any other key belongs to finetune: (epochs=5 means finetune.epochs=5).
-FULL_KEY_SECTIONS = ("train.", "probe.", "model.channels_last")
+FULL_KEY_SECTIONS = ("train.", "probe.", "model.channels_last", "sparsity.")
 
 
 def recipe_path(name: str) -> Path:

@@ -44,6 +44,7 @@ from selfsup.ssl.backbones import SOURCES, VIT_POOLS
 from selfsup.ssl.classifier import check_head, check_label_smoothing, check_logit_distillation
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig
 from selfsup.ssl.methods import default_method_config
+from selfsup.ssl.sparsity import SparsityConfig
 
 BASE_KEY = "_base_"
 # Fine-tune recipes (selfsup.eval.finetune runs them; configs/finetune/<name>.yaml sets them).
@@ -94,6 +95,9 @@ class ModelConfig:
     patch_size: int | None = None  # ViTs: None -> 16 from 128 px up, else 4
     pool: str = "token"  # ViTs: features from the class token, or avg of the patch tokens
     channels_last: bool = True
+    # Start from trained weights (a run directory, checkpoints/step_* folder or backbone .pt)
+    # instead of a random initialisation: continued pretraining, or a pruned model's recovery.
+    init_weights: str | None = None
 
 
 @dataclass
@@ -240,6 +244,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Weight sparsity of the backbone (selfsup.ssl.sparsity): off while target is 0.
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
@@ -516,9 +522,25 @@ def validate(config: RunConfig) -> None:
                 "(imagefolder needs probe.data_path or probe.betons)"
             )
     _validate_finetune(config.finetune, known_datasets)
+    _validate_sparsity(config)
     context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
     with config_keys_in_errors(config.method):
         config.method.check(context)
+
+
+def _validate_sparsity(config: RunConfig) -> None:
+    """The ``sparsity:`` section's own checks, and what the engine must allow."""
+    with config_keys_in_errors():
+        config.sparsity.check()
+    if (
+        config.sparsity.enabled
+        and config.train.engine == "deepspeed"
+        and config.train.zero_stage == 3
+    ):
+        raise ConfigError(
+            "sparsity masks are computed from whole weights, which ZeRO-3 partitions: use "
+            "train.zero_stage=2 (or 0/1) with sparsity"
+        )
 
 
 def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> None:
@@ -619,8 +641,10 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(
                 f"override '{item}' is not of the form key=value (for example optim.base_lr=0.5)"
             )
+    # YAML 1.1 reads an N:M ratio (sparsity.pattern=2:4) as a base-60 number (124).
+    quoted = [re.sub(r"^([^=]+)=(\d+:\d+)$", r'\1="\2"', item) for item in overrides]
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist(quoted)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc.msg}") from exc
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from selfsup import __version__
 
@@ -117,9 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint = commands.add_parser("checkpoint", help="inspect and export checkpoints")
     checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="ACTION")
     inspect_ckpt = checkpoint_commands.add_parser(
-        "inspect", help="step, engine, world size, tensors and size of a checkpoint"
+        "inspect",
+        help="step, engine, world size, tensors, size and sparsity of a checkpoint or weights file",
     )
-    inspect_ckpt.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
+    inspect_ckpt.add_argument(
+        "path", help="checkpoints/step_* folder, run directory (newest) or backbone .pt"
+    )
     inspect_ckpt.set_defaults(func=cmd_checkpoint_inspect)
     verify = checkpoint_commands.add_parser(
         "verify", help="check every file of a checkpoint against its sizes and SHA-256"
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=cmd_checkpoint_export)
     checkpoint.set_defaults(func=lambda args: _print_help(checkpoint))
+
+    _add_sparsity_commands(commands)
 
     submit = commands.add_parser(
         "submit",
@@ -344,9 +349,89 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
-    from selfsup.pipelines.checkpoint.tools import inspect_checkpoint
+def _add_sparsity_commands(commands: Any) -> None:
+    prune = commands.add_parser(
+        "prune",
+        help="one-shot magnitude pruning of trained weights (optionally recovered by distillation)",
+    )
+    prune.add_argument("source", help="run directory, checkpoints/step_* folder or backbone .pt")
+    prune.add_argument("--target", type=float, required=True, help="share of zeros, e.g. 0.5")
+    prune.add_argument("--pattern", default="unstructured", help="unstructured | 2:4 | block")
+    prune.add_argument("--out", help="output .pt (default: <run>/pruned-<pattern>-<target>.pt)")
+    prune.add_argument(
+        "--recover-steps", type=int, default=0,
+        help="then distil the dense model into the pruned one for N steps",
+    )  # fmt: skip
+    prune.add_argument("overrides", nargs="*", help="the recovery run's key=value overrides")
+    prune.set_defaults(func=cmd_prune)
 
+    sparsity = commands.add_parser("sparsity", help="accuracy-vs-sparsity sweeps")
+    actions = sparsity.add_subparsers(dest="sparsity_command", metavar="ACTION")
+    sweep = actions.add_parser("sweep", help="prune to several targets, probe each, report")
+    sweep.add_argument("source", help="run directory, checkpoints/step_* folder or backbone .pt")
+    sweep.add_argument("--targets", default="0,0.5,0.75,0.9", help="comma-separated shares")
+    sweep.add_argument("--patterns", default="unstructured,2:4", help="comma-separated")
+    sweep.add_argument(
+        "--recover-steps", type=int, default=0,
+        help="also distil each pruned model from the dense one for N steps",
+    )  # fmt: skip
+    sweep.add_argument("--recover", action="append", default=[], metavar="KEY=VALUE",
+                       help="an override of the recovery runs (repeatable)")  # fmt: skip
+    sweep.add_argument("--out", help="report folder (default: <run>/sparsity)")
+    sweep.add_argument("--data", help="root folder holding the evaluation datasets")
+    sweep.add_argument("--datasets", help="comma-separated, e.g. cifar10")
+    sweep.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sweep.add_argument("overrides", nargs="*", help="probe settings as key=value")
+    sweep.set_defaults(func=cmd_sparsity_sweep)
+    sparsity.set_defaults(func=lambda args: _print_help(sparsity))
+
+
+def _next_to_source(source: str, name: str) -> Path:
+    """``name`` in the source's run directory (or beside a weights file)."""
+    path = Path(source)
+    return (path if path.is_dir() and not path.name.startswith("step_") else path.parent) / name
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from selfsup.eval.prune import prune_backbone, recover, sparsity_settings
+
+    settings = sparsity_settings(args.target, args.pattern)
+    tag = f"{args.pattern.replace(':', 'of')}-{round(100 * args.target)}"
+    out = Path(args.out) if args.out else _next_to_source(args.source, f"pruned-{tag}.pt")
+    pruned = prune_backbone(args.source, settings, out)
+    print(f"wrote {out}: {100 * pruned.overall:.2f}% zeros over {len(pruned.layers)} layers")
+    if args.recover_steps > 0:
+        run_dir = out.with_suffix("")
+        recovered = recover(pruned, settings, args.recover_steps, run_dir, args.overrides)
+        print(f"recovered by distillation from the dense model: {recovered}")
+    return 0
+
+
+def cmd_sparsity_sweep(args: argparse.Namespace) -> int:
+    from selfsup.eval.probe import probe_config_for
+    from selfsup.eval.sparsity_sweep import REPORT_MD, run_sweep
+
+    settings = probe_config_for(Path(args.source), _evaluation_overrides(args))
+    out = Path(args.out) if args.out else _next_to_source(args.source, "sparsity")
+    report = run_sweep(
+        args.source, _numbers(args.targets, "--targets"), args.patterns.split(","), out,
+        settings, args.recover_steps, args.recover, args.device,
+    )  # fmt: skip
+    for point in report["points"]:
+        scores = ", ".join(
+            f"{d} kNN {point['knn'][d]:.2f} linear {point['linear'][d]:.2f}" for d in point["knn"]
+        )
+        print(f"{point['pattern']:>12} {100 * point['zeros']:5.1f}% zeros: {scores}")
+    print(f"report: {out / REPORT_MD}")
+    return 0
+
+
+def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.checkpoint.tools import inspect_checkpoint, inspect_weights_file
+
+    if Path(args.path).is_file():
+        print("\n".join(inspect_weights_file(Path(args.path))))
+        return 0
     summary = inspect_checkpoint(args.path)
     print("\n".join(summary.lines()))
     return 0 if summary.intact else 1

@@ -186,9 +186,23 @@ def test_distillation_resumes_bitwise_after_sigkill(engine, base, tmp_path):
     assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_ddp_checkpoint_reshards_to_another_process_count(before, after, base, tmp_path):
+@pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
+def test_sparse_run_resumes_bitwise_after_sigkill(engine, base, tmp_path):
+    # Masks are pruned at steps 1, 3, 5 and 7: before and after the kill at step 4.
+    sparse = ["sparsity.target=0.5", "sparsity.start=1", "sparsity.end=7", "sparsity.every=2"]
+    nproc, engine_overrides = (1, []) if engine == "single" else (2, ENGINES[engine])
+    common = [*base, *engine_overrides, *sparse, "train.max_steps=8", "checkpoint.every_steps=2"]
+    assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
+    trunk = torch.load(tmp_path / "b" / "backbone.pt", weights_only=True)["state_dict"]
+    weight = trunk["layer2.0.conv1.weight"]
+    assert int((weight == 0).sum()) == weight.numel() // 2
+
+
+@pytest.mark.parametrize("before, after, sparse", [(2, 1, True), (1, 2, False)])
+def test_ddp_checkpoint_reshards_to_another_process_count(before, after, sparse, base, tmp_path):
     run = [*base, *ENGINES["ddp"], f"run_dir={tmp_path / 'r'}", "checkpoint.every_steps=2"]
+    if sparse:  # the masks are buffers of the model: resharded with it
+        run += ["sparsity.target=0.5", "sparsity.start=2", "sparsity.end=6", "sparsity.every=2"]
     finish(launch(before, [*run, "train.max_steps=4"]))
     err = finish(launch(after, [*run, "train.max_steps=7"]))
     assert f"written by {before} process(es), this run has {after}: resharded" in err
@@ -198,6 +212,10 @@ def test_ddp_checkpoint_reshards_to_another_process_count(before, after, base, t
     assert all(torch.isfinite(torch.tensor(v)) for v in loss.values())
     assert abs(loss[5] - loss[4]) < 0.5 * loss[4]  # continues where it was, no restart spike
     assert (tmp_path / "r" / "backbone.pt").is_file()
+    if sparse:
+        trunk = torch.load(tmp_path / "r" / "backbone.pt", weights_only=True)["state_dict"]
+        weight = trunk["layer3.0.conv1.weight"]
+        assert int((weight == 0).sum()) == weight.numel() // 2
 
 
 def test_deepspeed_refuses_another_process_count(base, tmp_path):

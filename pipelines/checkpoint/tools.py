@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,12 @@ from selfsup.pipelines.checkpoint.run_dir import (
     find_run_dir,
 )
 from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
-from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone, save_backbone
+from selfsup.pipelines.checkpoint.weights import (
+    BackboneInfo,
+    load_backbone,
+    load_backbone_file,
+    save_backbone,
+)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -52,6 +57,7 @@ class CheckpointSummary:
     files: int
     bytes: int
     integrity: ManifestCheck
+    sparsity: list[str] = field(default_factory=list)  # a sparse run's zeros per layer
 
     @property
     def intact(self) -> bool:
@@ -88,6 +94,7 @@ class CheckpointSummary:
             f"  tensors     {tensors}",
             f"  files       {self.files}, {self.bytes / 2**20:.1f} MiB",
             f"  integrity   {self.integrity_text()}",
+            *self.sparsity,
         ]
 
     def integrity_text(self) -> str:
@@ -137,7 +144,49 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
         files=len(files),
         bytes=sum(f.stat().st_size for f in files),
         integrity=integrity,
+        sparsity=checkpoint_sparsity(folder, meta) if integrity.ok else [],
     )
+
+
+def sparsity_lines(state: dict[str, torch.Tensor], layers: list[str] | None = None) -> list[str]:
+    """Zeros per pruned layer and overall: ``layers`` (a sparse run's), or every
+    convolution/linear weight that holds zeros (a weights file says no more)."""
+    names = [f"{n}.weight" for n in layers] if layers is not None else [
+        k for k, v in state.items() if k.endswith("weight") and v.dim() in (2, 4) and (v == 0).any()
+    ]  # fmt: skip
+    if not names:
+        return ["  sparsity    none (no convolution or linear weight holds zeros)"]
+    zeros = {n: int((state[n] == 0).sum()) for n in names}
+    total = sum(state[n].numel() for n in names)
+    lines = [f"  sparsity    {100 * sum(zeros.values()) / total:.2f}% zeros over {len(names)} "
+             f"pruned layers ({total / 1e6:.2f} M weights)"]  # fmt: skip
+    lines += [f"    {n[: -len('.weight')]:<28} {100 * zeros[n] / state[n].numel():6.2f}%  "
+              f"{tuple(state[n].shape)}" for n in names]  # fmt: skip
+    return lines
+
+
+def inspect_weights_file(path: Path) -> list[str]:
+    """What a backbone .pt holds: its architecture, origin and the sparsity of its layers."""
+    backbone, info = load_backbone_file(path)
+    state = backbone.trunk.state_dict()
+    return [
+        f"{path}",
+        f"  backbone    {info.name} ({info.source}{', CIFAR stem' if info.cifar_stem else ''}), "
+        f"{info.image_size} px, step {info.step}",
+        f"  tensors     {len(state)} ({sum(v.numel() for v in state.values()) / 1e6:.2f} M values)",
+        *sparsity_lines(state),
+    ]
+
+
+def checkpoint_sparsity(folder: Path, meta: dict) -> list[str]:
+    """A sparse run's checkpoint: its pattern, and the zeros of each covered layer."""
+    record = meta.get("sparsity")
+    if not record:
+        return []
+    backbone, _ = load_backbone(folder)
+    head = f"  pattern     {record['pattern']}, target {100 * record['target']:.0f}% by step "
+    return [head + f"{record['end_step']} ({record['schedule']})",
+            *sparsity_lines(backbone.trunk.state_dict(), record["layers"])]  # fmt: skip
 
 
 def verify_checkpoint(path: str | Path) -> str:

@@ -25,6 +25,7 @@ from selfsup.pipelines.checkpoint.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, 
 from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
 from selfsup.pipelines.config import RunConfig, load_saved_config
 from selfsup.ssl.backbones import Backbone, build_backbone
+from selfsup.ssl.sparsity import attach_masks, fold_mask_keys
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,15 @@ def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, Backbone
     backbone = info.build()
     if meta.get("engine") == "deepspeed":
         return _load_from_deepspeed(path, backbone), info
-    wanted = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    # A sparse run's checkpoint holds each covered weight as original and mask: read
+    # them into the same layout, then fold the masks in (plain weights, real zeros).
+    layout = attach_masks(info.build(), config.sparsity) if config.sparsity.enabled else backbone
+    wanted = {f"backbone.{k}": v for k, v in layout.state_dict().items()}
     dcp_io.check_model_keys(path, wanted, _backbone_keys(dcp_io.stored_keys(path)))
     state = {"model": wanted}
     dcp_io.load_into(state, path)
-    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state["model"].items()})
+    stored = fold_mask_keys({k[len("backbone.") :]: v for k, v in state["model"].items()})
+    backbone.load_state_dict(stored)
     return backbone, info
 
 
@@ -236,7 +241,7 @@ def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
             f"cannot consolidate DeepSpeed checkpoint {path} ({type(exc).__name__}: {exc}); "
             "a shard is missing or corrupt"
         ) from exc
-    wanted = {k: v for k, v in full.items() if k.startswith("backbone.")}
+    wanted = fold_mask_keys({k: v for k, v in full.items() if k.startswith("backbone.")})
     result = backbone.load_state_dict(
         {k[len("backbone.") :]: v for k, v in wanted.items()}, strict=False
     )

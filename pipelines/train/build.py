@@ -7,8 +7,13 @@ config keys a user sets.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
 
+from selfsup.errors import ConfigError, SelfsupError
+from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
 from selfsup.pipelines.data.augment import BatchAugment
 from selfsup.pipelines.data.train_loader import build_train_loader
@@ -21,10 +26,10 @@ __all__ = ["build_augment", "build_backbone_for", "build_model", "build_train_lo
 
 
 def build_backbone_for(config: RunConfig) -> Backbone:
-    """The configured backbone, randomly initialised."""
+    """The configured backbone, randomly initialised or from ``model.init_weights``."""
     model = config.model
     with config_keys_in_errors():
-        return build_backbone(
+        backbone = build_backbone(
             model.backbone,
             source=model.source,
             cifar_stem=model.cifar_stem,
@@ -32,6 +37,33 @@ def build_backbone_for(config: RunConfig) -> Backbone:
             patch_size=model.patch_size,
             pool=model.pool,
         )
+    if model.init_weights is not None:
+        load_init_weights(backbone, model.init_weights)
+    return backbone
+
+
+def load_init_weights(backbone: Backbone, source: str) -> None:
+    """Copy trained weights into ``backbone``; one line when they are another architecture."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(
+            f"config key 'model.init_weights' names {path}, which does not exist; pass a run "
+            "directory, a checkpoints/step_* folder or a backbone .pt file"
+        )
+    try:
+        with torch.device("cpu"):  # read in full even while shapes are checked on meta
+            trained, info = load_backbone(path)
+    except SelfsupError as exc:
+        raise type(exc)(f"model.init_weights={path}: {exc}") from None
+    ours, theirs = backbone.trunk.state_dict(), trained.trunk.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise ConfigError(
+            f"model.init_weights={path} holds a {info.name} backbone (cifar_stem="
+            f"{info.cifar_stem}) that does not fit model.backbone={backbone.name}: set the "
+            "model.* keys of the run that trained it"
+        )
+    if not next(iter(ours.values())).is_meta:  # on meta (shape checks) there is nothing to copy
+        backbone.trunk.load_state_dict(theirs)
 
 
 def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:

@@ -57,12 +57,19 @@ from selfsup.pipelines.train.optim import (
     configured_hyperparameters,
     peak_lr,
 )
+from selfsup.pipelines.train.sparsity import (
+    SPARSITY_META,
+    check_sparsity_layers,
+    require_same_sparsity,
+    sparsity_for,
+)
 from selfsup.pipelines.train.teacher import require_same_teacher, teacher_record
 from selfsup.pipelines.train.throughput import Throughput, count_step_flops
 from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
 from selfsup.ssl.classifier import Labelled
 from selfsup.ssl.distill import FrozenTeacher
 from selfsup.ssl.outputs import StepOutput
+from selfsup.ssl.sparsity import fold_mask_keys
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +107,16 @@ def train(
         # Shapes only, on the meta device: a backbone/method/size mismatch is refused
         # before a run directory is created or a process group is started.
         with torch.device("meta"):
-            build_model(config)
+            model = build_model(config)
+            check_sparsity_layers(model, config)  # names that match nothing, before any write
     own_engine = engine is None
     engine = engine or build_engine(config)
     try:
         checkpoints = config.resolved_run_dir() / CHECKPOINT_DIR
         resume_from = find_latest(checkpoints) if config.checkpoint.resume else None
         resuming = resume_from is not None
+        if resume_from is not None:  # masks that do not fit: refused before anything is built
+            require_same_sparsity(config.sparsity, resume_from, read_meta(resume_from))
         run_dir = prepare_run_dir(config, resuming=resuming, is_main=engine.is_main)
         engine.barrier()
         with run_log_file(run_dir, enabled=engine.is_main):
@@ -197,11 +207,15 @@ class Trainer:
         self.augment = self.parts.augment.to(engine.device)
         self.accum = engine.grad_accum_steps
         self.global_batch = config.data.batch_size * engine.world_size * self.accum
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = config.train.max_steps or config.train.epochs * self.steps_per_epoch
+        # Masks first: the optimizer then holds the dense originals they multiply.
+        self.sparsity = sparsity_for(model, config, self.total_steps)
+        if self.sparsity is not None:
+            self.sparsity.after_step(0)  # a one-shot prune at step 0 happens before training
         self.optimizer = build_optimizer(
             model, config.optim, self.global_batch, self.parts.param_groups
         )
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = config.train.max_steps or config.train.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(
             self.optimizer, config.optim, self.total_steps, self.steps_per_epoch
         )
@@ -250,7 +264,11 @@ class Trainer:
             "samples_seen": self.state.step * self.global_batch,
             "loss": self.last_loss,
             **self.parts.checkpoint_meta,
+            **self._sparsity_meta(),
         }
+
+    def _sparsity_meta(self) -> dict[str, object]:
+        return {SPARSITY_META: self.sparsity.record()} if self.sparsity is not None else {}
 
     def resume(self, path: Path) -> None:
         # The checkpoint restores the optimizer's state (momenta) and the schedule's
@@ -261,6 +279,8 @@ class Trainer:
         with configured_hyperparameters(self.optimizer):
             self.checkpoints.load(path)
         apply_schedule(self.scheduler)
+        if self.sparsity is not None:
+            self.sparsity.resumed(self.state.step)
         self.resumed_from_step = self.state.step
         log.info(
             "resuming from checkpoint %s at step %d/%d (epoch %d)",
@@ -321,6 +341,8 @@ class Trainer:
             self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
+        if self.sparsity is not None:
+            self.sparsity.after_step(self.state.step)
         self.state.epoch = self.state.step // self.steps_per_epoch
         self.monitor.advance()
         self._maybe_log_images()
@@ -384,6 +406,9 @@ class Trainer:
         if not math.isfinite(self.last_loss):
             raise self._diverged(f"the loss became {self.last_loss}")
         self.monitor.log(self.state.step, means, lr)
+        if self.sparsity is not None:
+            for tag, value in self.sparsity.scalars().items():
+                self.monitor.add_scalar(tag, value, self.state.step)
 
     def _refuse_non_finite(self) -> None:
         """Before any checkpoint: every loss since the start and every weight must be finite."""
@@ -508,7 +533,8 @@ def export_backbone_file(trainer: Trainer, state: dict[str, torch.Tensor]) -> Pa
 def _finish(trainer: Trainer, step: int, total_steps: int) -> None:
     """Export the final weights and a summary of the run (the main process writes)."""
     engine, run_dir = trainer.engine, trainer.run_dir
-    state = engine.full_model_state()  # collective: every rank takes part
+    # Collective: every rank takes part. Sparsity masks are folded in (real zeros).
+    state = fold_mask_keys(engine.full_model_state())
     if not engine.is_main:
         return
     export = trainer.parts.export or export_backbone_file
@@ -531,6 +557,7 @@ def _finish(trainer: Trainer, step: int, total_steps: int) -> None:
         "seconds_this_start": round(time.perf_counter() - started, 1),
         "backbone": asdict(info) | {"run_dir": str(run_dir)},
         **trainer.parts.checkpoint_meta,
+        **trainer._sparsity_meta(),
     }
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
     log.info("finished %d steps; weights in %s", step, exported)

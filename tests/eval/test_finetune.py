@@ -253,3 +253,16 @@ def _scalar_tags(tb_dir: Path) -> list[tuple[str, int]]:
     accumulator = EventAccumulator(str(tb_dir))
     accumulator.Reload()
     return [(tag, len(accumulator.Scalars(tag))) for tag in accumulator.Tags()["scalars"]]
+
+
+def test_a_sparse_finetune_keeps_the_zeros_in_every_covered_layer(pretrained_run, data_root):
+    args = finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=1",
+                         "sparsity.target=0.5")  # fmt: skip
+    assert main(args) == 0
+    folder = pretrained_run / "finetune" / "cifar10" / "full"
+    for init in ("pretrained", "scratch"):
+        state = classifier_state(folder / init / "classifier.pt")
+        weight = state["backbone.trunk.layer3.1.conv2.weight"]
+        assert int((weight == 0).sum()) == weight.numel() // 2, init
+        assert int((state["backbone.trunk.conv1.weight"] == 0).sum()) == 0
+        assert not any(w.eq(0).all() for k, w in state.items() if k.startswith("head."))

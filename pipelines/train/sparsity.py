@@ -1,0 +1,130 @@
+"""Sparsity during a training run: masks on the backbone, pruned on schedule, logged, checked.
+
+Built by the Trainer with the model before the optimizer and the engine
+(the masks are parametrizations, so the optimizer holds the dense originals
+and every engine runs the masked weights). Masks are buffers of the model,
+so each checkpoint holds them; the ramp is a function of the step alone, so
+a resumed run prunes at the same steps to the same levels, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from selfsup.errors import CheckpointError, ConfigError
+from selfsup.pipelines.config import RunConfig, config_keys_in_errors
+from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.sparsity import (
+    MagnitudePruner,
+    SparsityConfig,
+    covered_layers,
+    cubic_level,
+    layer_sparsity,
+    overall_sparsity,
+)
+
+log = logging.getLogger(__name__)
+
+SPARSITY_META = "sparsity"  # the checkpoint meta.json / summary.json entry
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """The (student's) backbone inside a method or a classifier; a teacher is not a child."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            return module
+    raise ConfigError("sparsity: this model has no backbone to prune")
+
+
+def resolve_step(value: float, total_steps: int) -> int:
+    """``sparsity.start``/``end``: a fraction of the run up to 1, a step number above."""
+    return round(value * total_steps) if value <= 1 else int(value)
+
+
+class TrainingSparsity:
+    """The masks of one run's backbone and their schedule (``sparsity.*``)."""
+
+    def __init__(self, model: nn.Module, config: SparsityConfig, total_steps: int) -> None:
+        self.config = config
+        self.trunk = find_backbone(model).trunk
+        with config_keys_in_errors():
+            self.layers = covered_layers(self.trunk, config)
+        self.start = resolve_step(config.start, total_steps)
+        self.end = max(self.start, resolve_step(config.end, total_steps))
+        if config.schedule == "one_shot":
+            self.end = self.start
+        self.pruner = MagnitudePruner(
+            config.pattern, (config.block_shape[0], config.block_shape[1])
+        )
+        self.pruner.attach(self.trunk, self.layers)
+        self.level = 0.0
+        log.info(
+            "sparsity: %s to %.0f%% of %d layers, %s from step %d to %d (every %d)",
+            config.pattern, 100 * self.final_level, len(self.layers), config.schedule,
+            self.start, self.end, config.every,
+        )  # fmt: skip
+
+    @property
+    def final_level(self) -> float:
+        return self.config.target
+
+    def level_at(self, step: int) -> float:
+        """The pruning level after ``step`` optimizer steps (for 2:4, the share of groups)."""
+        target = 1.0 if self.config.pattern == "2:4" else self.config.target
+        return cubic_level(step, target, self.start, self.end, self.config.every)
+
+    def after_step(self, step: int) -> None:
+        """Prune to the schedule's level when it rises at ``step`` (step 0: before training)."""
+        level = self.level_at(step)
+        if level > self.level:
+            self.pruner.set_level(level)
+            self.level = level
+
+    def resumed(self, step: int) -> None:
+        """After a checkpoint restored the masks: the level they were pruned to."""
+        self.level = self.level_at(step)
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard's ``sparsity/overall`` and ``sparsity/<layer>``."""
+        per_layer = {f"sparsity/{k}": v for k, v in layer_sparsity(self.trunk).items()}
+        return {"sparsity/overall": overall_sparsity(self.trunk), **per_layer}
+
+    def record(self) -> dict[str, Any]:
+        """What checkpoints and summary.json say of the run's sparsity."""
+        return {
+            **asdict(self.config),
+            "layers": self.layers,
+            "start_step": self.start,
+            "end_step": self.end,
+        }
+
+
+def sparsity_for(model: nn.Module, config: RunConfig, total_steps: int) -> TrainingSparsity | None:
+    return (
+        TrainingSparsity(model, config.sparsity, total_steps) if config.sparsity.enabled else None
+    )
+
+
+def check_sparsity_layers(model: nn.Module, config: RunConfig) -> None:
+    """Refuse ``sparsity.layers``/``exclude`` entries that match no layer (no masks attached)."""
+    if config.sparsity.enabled:
+        with config_keys_in_errors():
+            covered_layers(find_backbone(model).trunk, config.sparsity)
+
+
+def require_same_sparsity(config: SparsityConfig, path: Path, meta: dict[str, Any]) -> None:
+    """A checkpoint's masks fit only a run with the same sparsity on or off, and pattern."""
+    stored = meta.get(SPARSITY_META)
+    was, now = (stored or {}).get("pattern"), config.pattern if config.enabled else None
+    if was != now:
+        said = f"sparsity.pattern={was}" if was else "no sparsity"
+        wants = f"sparsity.pattern={now}" if now else "no sparsity"
+        raise CheckpointError(
+            f"checkpoint {path} was trained with {said}, the config asks for {wants}: resume "
+            "with the run's own sparsity settings, or train into a new run_dir"
+        )
