@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.errors import CheckpointError, ConfigError, SelfsupError
+from selfsup.errors import CheckpointError, ConfigError, SelfsupError, existing_path
 from selfsup.eval.classify import load_classifier_state
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, info_from_header
 from selfsup.pipelines.train.teacher import weights_sha256
@@ -23,12 +23,10 @@ CLASSIFIER_FILE = "classifier.pt"
 
 def find_teacher_classifier(teacher: str, dataset: str) -> Path:
     """The classifier file ``teacher`` names for ``dataset`` (one-line errors otherwise)."""
-    path = Path(teacher)
-    if not path.exists():
-        raise ConfigError(
-            f"config key 'finetune.teacher' names {path}, which does not exist; pass a fine-tuned "
-            "classifier.pt, or the run directory whose `selfsup finetune` wrote one"
-        )
+    path = existing_path(
+        teacher, "finetune.teacher",
+        "a fine-tuned classifier.pt, or the run directory whose `selfsup finetune` wrote one",
+    )  # fmt: skip
     if path.is_file():
         return path
     found = sorted(path.glob(f"**/{dataset}/*/pretrained/{CLASSIFIER_FILE}"))

@@ -8,6 +8,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from selfsup.registry import did_you_mean
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "SelfsupError",
     "TrainingError",
     "did_you_mean",
+    "existing_path",
     "one_line",
 ]
 
@@ -60,3 +63,11 @@ def one_line(exc: BaseException) -> str:
     if any("Original Traceback" in line for line in lines):  # a worker's: ours is last
         return lines[-1].split(": ", 1)[1] if ": " in lines[-1] else lines[-1]
     return lines[0]
+
+
+def existing_path(value: str, key: str, expected: str) -> Path:
+    """``value`` of config key ``key`` as an existing path; one line naming ``expected`` if not."""
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"config key '{key}' names {path}, which does not exist; pass {expected}")
+    return path

@@ -7,12 +7,10 @@ config keys a user sets.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.errors import ConfigError, SelfsupError, existing_path
 from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
 from selfsup.pipelines.data.augment import BatchAugment
@@ -44,12 +42,10 @@ def build_backbone_for(config: RunConfig) -> Backbone:
 
 def load_init_weights(backbone: Backbone, source: str) -> None:
     """Copy trained weights into ``backbone``; one line when they are another architecture."""
-    path = Path(source)
-    if not path.exists():
-        raise ConfigError(
-            f"config key 'model.init_weights' names {path}, which does not exist; pass a run "
-            "directory, a checkpoints/step_* folder or a backbone .pt file"
-        )
+    path = existing_path(
+        source, "model.init_weights",
+        "a run directory, a checkpoints/step_* folder or a backbone .pt file",
+    )  # fmt: skip
     try:
         with torch.device("cpu"):  # read in full even while shapes are checked on meta
             trained, info = load_backbone(path)

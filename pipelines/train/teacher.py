@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from selfsup.errors import CheckpointError, ConfigError, SelfsupError
+from selfsup.errors import CheckpointError, ConfigError, SelfsupError, existing_path
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
 from selfsup.pipelines.config import RunConfig
 from selfsup.ssl.backbones import Backbone, default_patch_size
@@ -46,12 +46,10 @@ def load_teacher(config: RunConfig) -> FrozenTeacher | None:
     method = config.method
     if not isinstance(method, DistillConfig):
         return None
-    path = Path(method.teacher)
-    if not path.exists():
-        raise ConfigError(
-            f"config key 'method.teacher' names {path}, which does not exist; pass a selfsup run "
-            "directory, a checkpoints/step_* folder or a backbone .pt file"
-        )
+    path = existing_path(
+        method.teacher, "method.teacher",
+        "a selfsup run directory, a checkpoints/step_* folder or a backbone .pt file",
+    )  # fmt: skip
     try:
         with torch.device("cpu"):
             backbone, info = load_backbone(path)
