@@ -133,3 +133,20 @@ def test_2_4_skips_a_layer_whose_input_width_is_not_a_multiple_of_4(caplog):
     with caplog.at_level("INFO", logger="selfsup.ssl.sparsity"):
         assert covered_layers(net, config) == ["layer1.0.conv1"]
     assert "conv1 skipped (2:4 needs an input width that is a multiple of 4)" in caplog.text
+
+
+def test_masks_work_under_torch_compile_and_a_new_mask_is_seen_without_recompiling():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    pruner = MagnitudePruner("unstructured")
+    pruner.attach(net, ["0", "2"])
+    pruner.set_level(0.25)
+    compiled = torch.compile(net, backend="inductor")
+    x = torch.randn(4, 16)
+    assert torch.allclose(compiled(x), net(x), atol=1e-6)
+    compiled(x).sum().backward()
+    mask = net[0].parametrizations.weight[0].mask
+    assert (net[0].parametrizations.weight.original.grad[~mask] == 0).all()
+    pruner.set_level(0.75)  # in place: the compiled graph reads the same buffers
+    assert torch.allclose(compiled(x), net(x), atol=1e-6)
+    assert overall_sparsity(net) == 0.75
