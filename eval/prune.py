@@ -109,9 +109,9 @@ def recover(
     """Distil the dense model into ``pruned`` for ``steps`` steps; the recovered ``backbone.pt``.
 
     The run starts from the dense run's own config (data, augmentation,
-    optimiser, at a tenth of its learning rate: the weights are trained
-    already) with ``method`` switched to distillation; ``extra`` overrides
-    come last.
+    optimiser, at a hundredth of its learning rate: the weights are trained
+    already, and a tenth was measured to undo more than it recovers) with
+    ``method`` switched to distillation; ``extra`` overrides come last.
     """
     from selfsup.pipelines.train.trainer import train  # the training stack, only when used
 
@@ -126,7 +126,7 @@ def recover(
     values["checkpoint"]["resume"] = True
     config = config_from_dict(values, source="the dense run's config")
     overrides = recovery_overrides(pruned, pruned.dense, settings, steps, run_dir)
-    overrides.append(f"optim.base_lr={config.optim.base_lr / 10}")
+    overrides.append(f"optim.base_lr={config.optim.base_lr / 100}")
     config = with_overrides(config, [*overrides, *extra])
     train(config)
     return run_dir / BACKBONE_FILE
