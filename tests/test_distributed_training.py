@@ -168,8 +168,13 @@ def assert_sigkill_resume_is_bitwise(nproc: int, common: list[str], tmp_path: Pa
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(engine, base, tmp_path):
-    common = [*base, *ENGINES[engine], "train.max_steps=8", "checkpoint.every_steps=2"]
+    # ZeRO-2 runs sparse here (its dense resume is the distillation test's): one run, both.
+    sparse = engine == "deepspeed-zero2"
+    common = [*base, *ENGINES[engine], *(SPARSE if sparse else []), "train.max_steps=8",
+              "checkpoint.every_steps=2"]  # fmt: skip
     assert_sigkill_resume_is_bitwise(2, common, tmp_path)
+    if sparse:
+        assert_half_zeros(tmp_path / "b")
 
 
 @pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
@@ -181,21 +186,31 @@ def test_distillation_resumes_bitwise_after_sigkill(engine, base, tmp_path):
         "method.name=distill", f"method.teacher={teacher}", "method.seed_weight=0.5",
         "method.seed_queue_size=40", "method.simclr_weight=0.5",
     ]  # fmt: skip
+    # The single-process distillation is also a sparse run: a sparse student, killed, resumed.
+    sparse = SPARSE if engine == "single" else []
     nproc, engine_overrides = (1, []) if engine == "single" else (2, ENGINES[engine])
-    common = [*base, *engine_overrides, *distill, "train.max_steps=8", "checkpoint.every_steps=2"]
+    common = [*base, *engine_overrides, *distill, *sparse, "train.max_steps=8",
+              "checkpoint.every_steps=2"]  # fmt: skip
     assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
+    if sparse:
+        assert_half_zeros(tmp_path / "b")
 
 
-@pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
-def test_sparse_run_resumes_bitwise_after_sigkill(engine, base, tmp_path):
-    # Masks are pruned at steps 1, 3, 5 and 7: before and after the kill at step 4.
-    sparse = ["sparsity.target=0.5", "sparsity.start=1", "sparsity.end=7", "sparsity.every=2"]
-    nproc, engine_overrides = (1, []) if engine == "single" else (2, ENGINES[engine])
-    common = [*base, *engine_overrides, *sparse, "train.max_steps=8", "checkpoint.every_steps=2"]
-    assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
-    trunk = torch.load(tmp_path / "b" / "backbone.pt", weights_only=True)["state_dict"]
+# Masks pruned at steps 1, 3, 5 and 7: before and after the kill at step 4.
+SPARSE = ["sparsity.target=0.5", "sparsity.start=1", "sparsity.end=7", "sparsity.every=2"]
+
+
+def assert_half_zeros(run: Path) -> None:
+    trunk = torch.load(run / "backbone.pt", weights_only=True)["state_dict"]
     weight = trunk["layer2.0.conv1.weight"]
     assert int((weight == 0).sum()) == weight.numel() // 2
+
+
+def test_sparse_run_resumes_bitwise_after_sigkill_on_ddp(base, tmp_path):
+    # Single process: the distillation test; DeepSpeed ZeRO-2: the engines' test.
+    common = [*base, *ENGINES["ddp"], *SPARSE, "train.max_steps=8", "checkpoint.every_steps=2"]
+    assert_sigkill_resume_is_bitwise(2, common, tmp_path)
+    assert_half_zeros(tmp_path / "b")
 
 
 @pytest.mark.parametrize("before, after, sparse", [(2, 1, True), (1, 2, False)])
