@@ -29,11 +29,10 @@ from selfsup.pipelines.config import (
     with_overrides,
 )
 from selfsup.ssl.sparsity import (
-    MagnitudePruner,
     SparsityConfig,
-    covered_layers,
     fold_masks,
     layer_sparsity,
+    masked_pruner,
     overall_sparsity,
 )
 
@@ -60,10 +59,8 @@ def sparsity_settings(target: float, pattern: str, **options: Any) -> SparsityCo
 def prune_backbone(source: str | Path, settings: SparsityConfig, out: Path) -> Pruned:
     """Prune ``source`` one-shot to ``settings`` and write the result to ``out`` (atomically)."""
     backbone, info = load_backbone(source)
-    layers = covered_layers(backbone.trunk, settings)
-    pruner = MagnitudePruner(settings.pattern, (settings.block_shape[0], settings.block_shape[1]))
-    pruner.attach(backbone.trunk, layers)
-    pruner.set_level(1.0 if settings.pattern == "2:4" else settings.target)
+    pruner, layers = masked_pruner(backbone.trunk, settings)
+    pruner.set_level(settings.final_level)
     shares, overall = layer_sparsity(backbone.trunk), overall_sparsity(backbone.trunk)
     fold_masks(backbone.trunk)
     out.parent.mkdir(parents=True, exist_ok=True)

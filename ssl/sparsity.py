@@ -70,6 +70,11 @@ class SparsityConfig:
     def enabled(self) -> bool:
         return self.target > 0
 
+    @property
+    def final_level(self) -> float:
+        """The pruning level at the end: ``target``, or every group under 2:4 (50% zeros)."""
+        return 1.0 if self.pattern == "2:4" else self.target
+
     def check(self) -> None:
         """Ranges and names, each refused with the key to change."""
         if not 0 <= self.target < 1:  # NaN fails too
@@ -260,9 +265,17 @@ def covered_layers(network: nn.Module, config: SparsityConfig) -> list[str]:
     return covered
 
 
+def masked_pruner(network: nn.Module, config: SparsityConfig) -> tuple[MagnitudePruner, list[str]]:
+    """All-ones masks on the layers ``config`` covers, and the pruner that updates them."""
+    layers = covered_layers(network, config)
+    pruner = MagnitudePruner(config.pattern, (config.block_shape[0], config.block_shape[1]))
+    pruner.attach(network, layers)
+    return pruner, layers
+
+
 def attach_masks(backbone: Backbone, config: SparsityConfig) -> Backbone:
     """``backbone`` with all-ones masks on the layers ``config`` covers (a sparse run's layout)."""
-    MagnitudePruner(config.pattern).attach(backbone.trunk, covered_layers(backbone.trunk, config))
+    masked_pruner(backbone.trunk, config)
     return backbone
 
 

@@ -20,11 +20,11 @@ from selfsup.errors import CheckpointError, ConfigError
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.sparsity import (
-    MagnitudePruner,
     SparsityConfig,
     covered_layers,
     cubic_level,
     layer_sparsity,
+    masked_pruner,
     overall_sparsity,
 )
 
@@ -53,30 +53,21 @@ class TrainingSparsity:
         self.config = config
         self.trunk = find_backbone(model).trunk
         with config_keys_in_errors():
-            self.layers = covered_layers(self.trunk, config)
+            self.pruner, self.layers = masked_pruner(self.trunk, config)
         self.start = resolve_step(config.start, total_steps)
         self.end = max(self.start, resolve_step(config.end, total_steps))
         if config.schedule == "one_shot":
             self.end = self.start
-        self.pruner = MagnitudePruner(
-            config.pattern, (config.block_shape[0], config.block_shape[1])
-        )
-        self.pruner.attach(self.trunk, self.layers)
         self.level = 0.0
         log.info(
             "sparsity: %s to %.0f%% of %d layers, %s from step %d to %d (every %d)",
-            config.pattern, 100 * self.final_level, len(self.layers), config.schedule,
+            config.pattern, 100 * config.target, len(self.layers), config.schedule,
             self.start, self.end, config.every,
         )  # fmt: skip
 
-    @property
-    def final_level(self) -> float:
-        return self.config.target
-
     def level_at(self, step: int) -> float:
         """The pruning level after ``step`` optimizer steps (for 2:4, the share of groups)."""
-        target = 1.0 if self.config.pattern == "2:4" else self.config.target
-        return cubic_level(step, target, self.start, self.end, self.config.every)
+        return cubic_level(step, self.config.final_level, self.start, self.end, self.config.every)
 
     def after_step(self, step: int) -> None:
         """Prune to the schedule's level when it rises at ``step`` (step 0: before training)."""
