@@ -30,11 +30,11 @@ from selfsup.pipelines.train.build import build_model
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
 
 
-def setup(device: torch.device):
+def setup(device: torch.device, backbone: str = "resnet50"):
     config = load_config(
         None,
         [
-            "model.backbone=resnet50",
+            f"model.backbone={backbone}",
             "optim.name=adamw",
             "method.proj_hidden_dim=2048",
             "data.image_size=64",
@@ -58,7 +58,7 @@ def folder_bytes(path: Path) -> int:
 
 def bench(args) -> dict[str, float]:
     device = torch.device(args.device)
-    engine, model, optimizer, scheduler = setup(device)
+    engine, model, optimizer, scheduler = setup(device, args.backbone)
     root = Path(tempfile.mkdtemp(dir=args.dir))
     times: dict[str, list[float]] = {
         k: [] for k in ("dcp_save", "dcp_load", "torch_save", "torch_load")
@@ -105,13 +105,14 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--backbone", default="resnet50", help="resnet18: a quick check")
     parser.add_argument("--dir", default=None, help="where to write (default: the temp dir)")
     args = parser.parse_args()
     r = bench(args)
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     )
-    print(f"ResNet-50 SimCLR + AdamW state, {device}, median of {args.repeat}")
+    print(f"{args.backbone} SimCLR + AdamW state, {device}, median of {args.repeat}")
     print("| operation | selfsup (DCP, atomic) | torch.save/load | ratio |")
     print("| --- | --- | --- | --- |")
     for name, ours, plain, unit in (

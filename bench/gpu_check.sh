@@ -1,22 +1,85 @@
 #!/usr/bin/env bash
-# The device check, as one script: the training-step benchmark (all four
-# workloads, eager, then the distillation pair compiled) and the 2:4 sparsity
-# benchmark on the GPU.
-# Copy its tables into BENCHMARKS.md with the date and the machine.
+# The device check, as one script: every GPU figure of BENCHMARKS.md in one go.
 #
-#   bash bench/gpu_check.sh            # on the GPU machine (about 6 minutes on an H200)
-#   SMOKE=1 bash bench/gpu_check.sh    # tiny sizes on the CPU: checks the script runs
-set -euo pipefail
+#   bash bench/gpu_check.sh OUT            # on the GPU machine; under 8 minutes on an H200
+#   SMOKE=1 bash bench/gpu_check.sh OUT    # tiny sizes on the CPU: checks the script runs
+#
+# In order of what matters most (a section that overruns its time budget is
+# stopped, logged as TIMED OUT, and the script goes on: the budgets add up to
+# 445 s, so with the kit's set-up the run stays under 8 minutes; bench/e2e.py
+# writes its JSON after each workload, so a cut keeps what it measured): end to end through the trainer with each loader
+# (bench/e2e.py), the training step eager and compiled (bench/train_step.py,
+# distillation included), the loaders (bench/loaders.py), checkpoints
+# (bench/checkpoint.py), a bf16 and an fp16 DeepSpeed step, 2:4 sparsity
+# (bench/sparsity.py). OUT receives gpu_check.log and one JSON per section.
+# Where lightly, submitit, deepspeed or ffcv are missing (the GPU machine's
+# image), the device kit of ../shared/device (or a copy in .devkit/) sets
+# them up first.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+out=$(realpath -m "${1:-gpu-check}")
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+check() {
+if ! python -c "import lightly, submitit, deepspeed, ffcv, omegaconf" 2>/dev/null; then
+  kit=.devkit; [ -d "$kit" ] || kit=../shared/device
+  echo "== setting up lightly, submitit, deepspeed, ffcv from $kit"
+  bash "$kit/setup.sh" && source /tmp/devkit-env.sh
+fi
+
+failed=0
+section() {  # section NAME SECONDS COMMAND...: run with a time budget, keep going on failure
+  local name=$1 budget=$2; shift 2
+  [ "${SMOKE:-0}" = 1 ] && budget=600  # the CPU check: nothing may time out
+  echo; echo "== $name (budget ${budget}s)"; local started=$SECONDS
+  timeout --kill-after=10 "$budget" "$@"; local rc=$?
+  if [ $rc = 124 ] || [ $rc = 137 ]; then echo "== $name: TIMED OUT after ${budget}s";
+    [ "${SMOKE:-0}" = 1 ] && failed=$((failed + 1));
+  elif [ $rc != 0 ]; then echo "== $name: FAILED (exit $rc)"; failed=$((failed + 1));
+  else echo "== $name: done in $((SECONDS - started))s"; fi
+}
+
+# SMOKE keeps the CPU check short: the compiled step for the distillation pair only, the
+# loaders that decode on the device (ffcv's own run in e2e), no DeepSpeed rows (its engine's
+# tests run it on the CPU; here they differ only in two settings).
 if [ "${SMOKE:-0}" = 1 ]; then
-  sizes=(--smoke --steps 1 --rounds 1 --warmup 1)
-  sparsity_sizes=(--smoke)
+  step=(--smoke --steps 1 --rounds 1 --warmup 1)
+  compiled=(--workload distill)
+  e2e=(--smoke --window 1 --windows 1 --cache "$out/cache")
+  loaders=(--data "$out/cache/tiny" --image-size 32 --batch-size 8 --batches 2 --warmup 1
+           --workers 2 --cache "$out/cache"
+           --only "lightly+torchvision,selfsup memory,selfsup ffcv + device decode")
+  checkpoint=(--backbone resnet18 --repeat 1)
+  deepspeed_precisions=()
+  sparsity=(--smoke)
 else
-  sparsity_sizes=()
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  sizes=(--steps 10 --rounds 3 --warmup 3)
+  step=(--steps 10 --rounds 2 --warmup 3)
+  compiled=()
+  e2e=(--window 10 --windows 2)
+  loaders=(--data ../shared/data/imagenette --image-size 224 --batch-size 256 --batches 20 --warmup 5)
+  checkpoint=(--repeat 2)
+  deepspeed_precisions=(bf16 fp16)
+  sparsity=()
 fi
 date -u +"%Y-%m-%d %H:%M UTC"
-python bench/train_step.py "${sizes[@]}"
-python bench/train_step.py --workload distill --compile "${sizes[@]}"
-python bench/sparsity.py "${sparsity_sizes[@]}"
+
+section "e2e: selfsup train with each loader vs ceiling vs lightly-style" 240 \
+  python bench/e2e.py "${e2e[@]}" --json "$out/e2e.json"
+section "train step, eager" 40 python bench/train_step.py "${step[@]}"
+section "train step, compiled" 60 python bench/train_step.py --compile "${compiled[@]}" "${step[@]}"
+section "loaders" 30 python bench/loaders.py "${loaders[@]}" --json "$out/loaders.json"
+section "checkpoint" 15 python bench/checkpoint.py "${checkpoint[@]}"
+for precision in ${deepspeed_precisions[@]+"${deepspeed_precisions[@]}"}; do
+  section "DeepSpeed ZeRO-2 step, $precision" 20 python bench/e2e.py "${e2e[@]}" \
+    --workload r18_224 --rows memory --engine deepspeed --precision "$precision" \
+    --json "$out/deepspeed-$precision.json"
+done
+section "2:4 sparsity" 20 python bench/sparsity.py "${sparsity[@]}" --json "$out/sparsity.json"
+echo; echo "gpu_check: $failed section(s) failed; log and JSON in $out"
+return $failed
+}
+
+check 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"

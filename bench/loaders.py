@@ -1,6 +1,6 @@
 """Training-loader throughput: selfsup's loaders against the plain libraries, in one run.
 
-Four pipelines produce the same thing, two augmented SimCLR views per image
+Six pipelines produce the same thing, two augmented SimCLR views per image
 (random-resized crop, flip, colour jitter, grayscale, blur where it fits)
 as normalised float batches:
 
@@ -10,13 +10,19 @@ as normalised float batches:
   ``BatchAugment`` on the training device;
 - ``ffcv (plain)``: ffcv's own ops only (two random-resized-crop decoders,
   flip, normalise); ffcv has no colour jitter, grayscale or blur;
-- ``selfsup ffcv``: the FFCV loader + ``BatchAugment`` (the full recipe).
+- ``selfsup ffcv``: the FFCV loader + ``BatchAugment`` (the full recipe);
+- ``selfsup ffcv + device decode``: the same ``.beton``'s JPEG bytes decoded
+  in the training process on its device (``data.decode=gpu``), then cropped
+  and augmented there;
+- ``selfsup memory``: the dataset held on the device (``data.loader=memory``,
+  images at the training size), crops and augmentation batched there.
 
 Reported: images per second (each image = 2 views), steady state after a
 warm-up epoch part (which includes ffcv's JIT compilation), and each
 pipeline's ratio to the ``lightly+torchvision`` baseline.
 
     python bench/loaders.py --data ../shared/data/imagenette --image-size 224
+    python bench/loaders.py --data ../shared/data/cifar10-jpeg --image-size 32 --batch-size 256
 """
 
 from __future__ import annotations
@@ -66,14 +72,8 @@ def view_spec(args) -> ViewSpec:
     )  # fmt: skip
 
 
-def selfsup_torchvision(args) -> Iterator[list[torch.Tensor]]:
-    from selfsup.pipelines.data.loaders import TorchvisionTrainLoader
-
-    loader = TorchvisionTrainLoader(
-        open_dataset("imagefolder", "train", args.data),
-        view_spec(args),
-        pin_memory=args.device.type == "cuda",
-    )
+def augmented(loader, args) -> Iterator[list[torch.Tensor]]:
+    """A selfsup loader's batches through ``BatchAugment`` on the device, epoch after epoch."""
     augment = BatchAugment(AugmentConfig(), args.image_size, MEAN, STD).to(args.device)
     step = 0
     for epoch in range(10**6):
@@ -81,6 +81,29 @@ def selfsup_torchvision(args) -> Iterator[list[torch.Tensor]]:
             views = [v.to(args.device, non_blocking=True) for v in batch.views]
             yield augment(views, seed=step)
             step += 1
+
+
+def selfsup_torchvision(args) -> Iterator[list[torch.Tensor]]:
+    from selfsup.pipelines.data.loaders import TorchvisionTrainLoader
+
+    dataset = open_dataset("imagefolder", "train", args.data)
+    loader = TorchvisionTrainLoader(dataset, view_spec(args), pin_memory=args.device.type == "cuda")
+    return augmented(loader, args)
+
+
+def selfsup_memory(args) -> Iterator[list[torch.Tensor]]:
+    from selfsup.pipelines.data.memory_loader import MemoryTrainLoader
+
+    dataset = open_dataset("imagefolder", "train", args.data)
+    return augmented(MemoryTrainLoader(dataset, view_spec(args), args.device), args)
+
+
+def selfsup_device_decode(args) -> Iterator[list[torch.Tensor]]:
+    from selfsup.pipelines.data.device_decode import DeviceDecodeTrainLoader
+    from selfsup.pipelines.data.encoded import EncodedBeton
+
+    loader = DeviceDecodeTrainLoader(EncodedBeton(args.beton), view_spec(args), args.device)
+    return augmented(loader, args)
 
 
 def plain_ffcv(args) -> Iterator[list[torch.Tensor]]:
@@ -127,13 +150,7 @@ def plain_ffcv(args) -> Iterator[list[torch.Tensor]]:
 def selfsup_ffcv(args) -> Iterator[list[torch.Tensor]]:
     from selfsup.pipelines.data.ffcv_loader import FFCVTrainLoader
 
-    loader = FFCVTrainLoader(args.beton, view_spec(args), device=args.device)
-    augment = BatchAugment(AugmentConfig(), args.image_size, MEAN, STD).to(args.device)
-    step = 0
-    for epoch in range(10**6):
-        for batch in loader.epoch_batches(epoch):
-            yield augment(batch.views, seed=step)
-            step += 1
+    return augmented(FFCVTrainLoader(args.beton, view_spec(args), device=args.device), args)
 
 
 PIPELINES: dict[str, Callable] = {
@@ -141,6 +158,8 @@ PIPELINES: dict[str, Callable] = {
     "selfsup torchvision": selfsup_torchvision,
     "ffcv (plain)": plain_ffcv,
     "selfsup ffcv": selfsup_ffcv,
+    "selfsup ffcv + device decode": selfsup_device_decode,
+    "selfsup memory": selfsup_memory,
 }
 
 

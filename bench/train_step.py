@@ -44,7 +44,7 @@ import torchvision
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from selfsup.pipelines.config import load_config
+from selfsup.pipelines.config import RunConfig, load_config
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.build import build_model
 from selfsup.pipelines.train.optim import build_optimizer
@@ -101,11 +101,21 @@ def selfsup_overrides(workload: str, s: Sizes) -> list[str]:
 
 def selfsup_step(workload: str, s: Sizes, device: torch.device, compile_: bool) -> Callable:
     config = load_config(None, selfsup_overrides(workload, s))
+    return config_step(config, device, "default" if compile_ else None)
+
+
+def config_step(config: RunConfig, device: torch.device, compile_mode: str | None) -> Callable:
+    """One ``optimizer_step`` of the model ``config`` builds, on synthetic views on ``device``."""
     model = build_model(config).to(device)
-    optimizer = build_optimizer(model, config.optim, s.batch)
-    engine = Engine(device, "bf16", None, compile=compile_)
+    batch, image = config.data.batch_size, config.data.image_size
+    optimizer = build_optimizer(model, config.optim, batch)
+    engine = Engine(device, config.train.precision, None, compile=compile_mode)
     model = engine.setup(model, optimizer, channels_last=config.model.channels_last)
-    views = make_views(workload, s, device, config.model.channels_last)
+    fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
+    views = [
+        torch.randn(batch, 3, image, image, device=device).contiguous(memory_format=fmt)
+        for _ in range(config.augment.num_views)
+    ]
 
     def step() -> None:
         optimizer_step(engine, model, [views], accum=1)
@@ -129,9 +139,12 @@ def teacher_file(image_size: int) -> str:
 # --- plain torch / timm -----------------------------------------------------------------
 
 
-def resnet(name: str) -> nn.Module:
+def resnet(name: str, cifar_stem: bool = False) -> nn.Module:
     trunk = getattr(torchvision.models, name)()
     trunk.fc = nn.Identity()
+    if cifar_stem:  # 3x3 stride-1 first convolution, no max-pool (32 px images)
+        trunk.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        trunk.maxpool = nn.Identity()
     return trunk
 
 
@@ -143,9 +156,9 @@ def mlp_head(features: int, hidden: int, out: int) -> nn.Module:
 
 
 class PlainSimCLR(nn.Module):
-    def __init__(self, name: str = "resnet50") -> None:
+    def __init__(self, name: str = "resnet50", cifar_stem: bool = False) -> None:
         super().__init__()
-        self.backbone = resnet(name)
+        self.backbone = resnet(name, cifar_stem)
         features = 2048 if name == "resnet50" else 512
         self.head = mlp_head(features, 2048, 128)
 

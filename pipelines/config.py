@@ -33,7 +33,7 @@ from selfsup.atomic import write_atomic
 from selfsup.errors import ConfigError, did_you_mean, one_line
 from selfsup.pipelines.data.ffcv_loader import ORDERS as FFCV_ORDERS
 from selfsup.pipelines.data.sources import DATASETS
-from selfsup.pipelines.data.train_loader import LOADERS
+from selfsup.pipelines.data.train_loader import DECODES, LOADERS
 from selfsup.pipelines.runtime.cpus import AUTO
 from selfsup.pipelines.runtime.engines import ENGINES
 from selfsup.pipelines.runtime.engines.base import DEVICES, EVAL_PRECISIONS, PRECISIONS
@@ -47,6 +47,7 @@ from selfsup.ssl.methods import default_method_config
 from selfsup.ssl.sparsity import SparsityConfig
 
 BASE_KEY = "_base_"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # Fine-tune recipes (selfsup.eval.finetune runs them; configs/finetune/<name>.yaml sets them).
 FINETUNE_RECIPES = ("head_then_unfreeze", "full", "linear")
 FINETUNE_CROPS = ("pad", "resized")
@@ -58,7 +59,13 @@ class DataConfig:
 
     dataset: str = "cifar10"  # cifar10 | fashion_mnist | imagefolder
     path: str | None = None  # dataset folder or a root holding it; None: search default places
-    loader: str = "torchvision"  # torchvision | ffcv | auto (ffcv when installed and beton set)
+    # torchvision | ffcv | memory (the dataset held on the device) | auto (ffcv when installed
+    # and beton set, else torchvision)
+    loader: str = "torchvision"
+    decode: str = "auto"  # JPEGs decoded by loader workers (cpu) or on the device (gpu); auto:
+    # gpu on CUDA when the images are JPEGs (torchvision and ffcv loaders)
+    memory_side: int | None = None  # memory loader: images held as side x side squares;
+    # None: the dataset's own side (CIFAR-10, Fashion-MNIST), else data.image_size
     beton: str | None = None  # training images as an FFCV .beton (selfsup data write)
     ffcv_order: str = "random"  # random | quasi_random (less disk traffic, single process only)
     os_cache: bool = True  # ffcv: let the OS page cache hold the file (False: ffcv's own cache)
@@ -129,7 +136,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between TensorBoard scalars
     image_every: int = 500  # steps between reconstruction images (mae, simmim) in TensorBoard
-    compile: bool = False  # torch.compile the model (single and ddp engines)
+    # torch.compile the model (single and ddp engines); auto: on CUDA, off on the CPU
+    compile: bool | str = "auto"
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune-no-cudagraphs
     peak_tflops: float | None = None  # per device, for MFU where selfsup has no table entry
     engine: str = "single"  # single | ddp | deepspeed (ddp/deepspeed under torchrun or srun)
     grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -265,14 +274,14 @@ ARGUMENT_KEYS = {
 }
 
 
-def choices() -> dict[str, tuple[str, ...]]:
+def choices() -> dict[str, tuple[Any, ...]]:
     """Keys with a fixed set of values, each read from the registry that owns it."""
-    loaders = (*LOADERS.names(), "auto")
     return {
         "data.dataset": DATASETS.names(),
-        "data.loader": loaders,
+        "data.loader": (*LOADERS.names(), "auto"),
+        "data.decode": DECODES,
         "data.ffcv_order": FFCV_ORDERS,
-        "probe.loader": loaders,
+        "probe.loader": ("torchvision", "ffcv", "auto"),
         "model.source": SOURCES,
         "model.pool": VIT_POOLS,
         "method.name": METHODS.names(),
@@ -285,6 +294,8 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.precision": tuple(PRECISIONS),
         "train.device": DEVICES,
         "train.engine": ENGINES.names(),
+        "train.compile": (True, False, AUTO),
+        "train.compile_mode": COMPILE_MODES,
         "probe.precision": EVAL_PRECISIONS,
     }
 
@@ -486,16 +497,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"config key 'train.max_steps' must be positive, got {config.train.max_steps}"
         )
-    for key, workers in (
-        ("data.num_workers", config.data.num_workers),
-        ("probe.num_workers", config.probe.num_workers),
-    ):
-        if workers != AUTO and not (isinstance(workers, int) and workers >= 0):
-            raise ConfigError(
-                f"config key '{key}' must be auto or an integer >= 0, got {workers!r}"
-            )
-    if config.data.batches_ahead < 1:
-        raise ConfigError("config key 'data.batches_ahead' must be >= 1")
+    _validate_loading(config)
     for key in config.probe.betons:
         dataset, _, split = key.rpartition("_")
         if split not in ("train", "test") or not dataset:
@@ -526,6 +528,23 @@ def validate(config: RunConfig) -> None:
     context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
     with config_keys_in_errors(config.method):
         config.method.check(context)
+
+
+def _validate_loading(config: RunConfig) -> None:
+    """Worker counts and the loaders' own sizes."""
+    for key, workers in (
+        ("data.num_workers", config.data.num_workers),
+        ("probe.num_workers", config.probe.num_workers),
+    ):
+        if workers != AUTO and not (isinstance(workers, int) and workers >= 0):
+            raise ConfigError(
+                f"config key '{key}' must be auto or an integer >= 0, got {workers!r}"
+            )
+    if config.data.batches_ahead < 1:
+        raise ConfigError("config key 'data.batches_ahead' must be >= 1")
+    side = config.data.memory_side
+    if side is not None and side < 8:
+        raise ConfigError(f"config key 'data.memory_side' must be at least 8 pixels, got {side}")
 
 
 def _validate_sparsity(config: RunConfig) -> None:
@@ -716,4 +735,5 @@ _TYPE_WORDS = {
     "list[float]": "a list of numbers",
     "list[str]": "a list of strings",
     "int | str": "an integer or auto",
+    "bool | str": "true, false or auto",
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -121,6 +122,13 @@ class SubsetDataset(ImageDataset):
         return self.base[int(self.indices[index])]
 
 
+def unwrap_subset(dataset: ImageDataset) -> tuple[ImageDataset, np.ndarray | None]:
+    """The dataset a subset selects from and its indices; a whole dataset and None otherwise."""
+    if isinstance(dataset, SubsetDataset):
+        return dataset.base, dataset.indices
+    return dataset, None
+
+
 def subset_indices(size: int, count: int | None, seed: int = 0) -> np.ndarray | None:
     """Sorted indices of a seeded random subset of ``count`` items; None for all items.
 
@@ -140,8 +148,12 @@ def take_subset(dataset: ImageDataset, count: int | None, seed: int = 0) -> Imag
     return dataset if indices is None else SubsetDataset(dataset, indices)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a ``uint8 (3, H, W)`` RGB tensor, or raise :class:`DataError`."""
+def read_image(path: str | Path | BinaryIO, name: str | None = None) -> torch.Tensor:
+    """Decode an image file to a ``uint8 (3, H, W)`` RGB tensor, or raise :class:`DataError`.
+
+    ``path`` may be an open binary file (encoded bytes); ``name`` says in an
+    error which image it is.
+    """
     from PIL import Image
 
     try:
@@ -149,7 +161,8 @@ def read_image(path: str | Path) -> torch.Tensor:
             rgb = np.asarray(img.convert("RGB"))
     except Exception as exc:  # PIL raises many types for broken files
         raise DataError(
-            f"cannot read image {path} ({type(exc).__name__}: {exc}); delete or replace the file"
+            f"cannot read image {name or path} ({type(exc).__name__}: {exc}); "
+            "delete or replace the file"
         ) from exc
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 

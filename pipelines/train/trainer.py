@@ -299,6 +299,18 @@ class Trainer:
             engine.name,
         )  # fmt: skip
 
+    def _log_first_step(self, started: float) -> None:
+        """One line with the compile time (the first step compiles the model)."""
+        if self.engine.compile is None:
+            return
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+        seconds = time.perf_counter() - started
+        log.info(
+            "torch.compile (mode %s): the first step took %.1f s, compilation included",
+            self.engine.compile, seconds,
+        )  # fmt: skip
+
     def run(self) -> TrainResult:
         """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
         self._log_start()
@@ -314,7 +326,10 @@ class Trainer:
         steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
         try:
             while self.state.step < self.total_steps:
+                started = time.perf_counter()
                 self.step(*next(steps))
+                if self.state.step == self.first_step + 1:
+                    self._log_first_step(started)
                 if self.state.step % self.steps_per_epoch == 0:
                     self._end_epoch()
                 stopping = self.engine.any_rank(bool(stop))

@@ -67,10 +67,12 @@ def test_missing_profile_and_bad_setting_are_one_line(capsys, tmp_path):
 
 def test_slurm_not_reachable_is_one_line(tmp_path):
     # A SLURM config whose controller does not exist, and one with no sbatch on PATH.
+    # MessageTimeout=1: the client gives up in a second rather than SLURM's default ten.
     conf = tmp_path / "slurm.conf"
     conf.write_text(
         "ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=6999\n"
         "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=localhost Default=YES\n"
+        "MessageTimeout=1\n"
     )
     for env in ({"SLURM_CONF": str(conf)}, {"PATH": str(Path(sys.executable).parent)}):
         result = subprocess.run(

@@ -70,15 +70,24 @@ def build_engine(config: RunConfig, env: DistEnv | None = None) -> Engine:
             f"train.engine=single runs one process, but the {env.launcher} launcher started "
             f"{env.world_size}; set train.engine=ddp or train.engine=deepspeed"
         )
+    device = device_for(env, train.device)
     options: dict[str, Any] = {
-        "device": device_for(env, train.device),
+        "device": device,
         "precision": train.precision,
         "clip_grad_norm": config.optim.clip_grad_norm,
         "grad_accum_steps": train.grad_accum_steps,
         "env": env,
-        "compile": train.compile,
+        "compile": compile_mode(train.compile, train.compile_mode, train.engine, device),
     }
     return builder(config, options)
+
+
+def compile_mode(setting: bool | str, mode: str, engine: str, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode a run uses, or None: ``auto`` compiles on CUDA for the
+    single and DDP engines (DeepSpeed's own compile is opt-in, ``train.compile=true``)."""
+    if setting == "auto":
+        setting = device.type == "cuda" and engine in ("single", "ddp")
+    return mode if setting else None
 
 
 def cpu_engine(precision: str = "fp32") -> Engine:

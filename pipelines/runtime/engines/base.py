@@ -76,7 +76,7 @@ class Engine:
         clip_grad_norm: float | None,
         grad_accum_steps: int = 1,
         env: DistEnv | None = None,
-        compile: bool = False,
+        compile: str | None = None,
     ) -> None:
         check_precision(precision, device)
         if grad_accum_steps < 1:
@@ -86,7 +86,7 @@ class Engine:
         self.clip_grad_norm = clip_grad_norm
         self.grad_accum_steps = grad_accum_steps
         self.env = env or DistEnv()
-        self.compile = compile
+        self.compile = compile  # a torch.compile mode, or None: eager
         self.dtype = PRECISIONS[precision]
         # Loss scaling only matters for fp16; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -131,7 +131,9 @@ class Engine:
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         """``torch.compile`` the module the loop calls, when ``train.compile`` asks for it."""
-        return torch.compile(module) if self.compile else module  # type: ignore[return-value]
+        if self.compile is None:
+            return module
+        return torch.compile(module, mode=self.compile)  # type: ignore[return-value]
 
     def unwrap(self) -> nn.Module:
         """The plain model, without any distributed wrapper."""
