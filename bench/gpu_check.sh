@@ -22,9 +22,12 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 check() {
-if ! python -c "import lightly, submitit, deepspeed, ffcv, omegaconf" 2>/dev/null; then
+missing=$(python -c "import importlib.util as u
+print(' '.join(m for m in ('lightly', 'submitit', 'deepspeed', 'ffcv', 'omegaconf')
+               if u.find_spec(m) is None))")
+if [ -n "$missing" ]; then
   kit=.devkit; [ -d "$kit" ] || kit=../shared/device
-  echo "== setting up lightly, submitit, deepspeed, ffcv from $kit"
+  echo "== setting up $missing from $kit"
   bash "$kit/setup.sh" && source /tmp/devkit-env.sh
 fi
 
@@ -40,22 +43,23 @@ section() {  # section NAME SECONDS COMMAND...: run with a time budget, keep goi
   else echo "== $name: done in $((SECONDS - started))s"; fi
 }
 
-# SMOKE keeps the CPU check short: the compiled step for the distillation pair only, the
-# loaders that decode on the device (ffcv's own run in e2e), no DeepSpeed rows (its engine's
-# tests run it on the CPU; here they differ only in two settings).
+# SMOKE keeps the CPU check short: the eager step for the distillation pair, the compiled
+# one for its student, the loaders that decode on the device (ffcv's own run in e2e), no
+# DeepSpeed rows (its engine's tests run it on the CPU; here they differ in two settings).
 if [ "${SMOKE:-0}" = 1 ]; then
   step=(--smoke --steps 1 --rounds 1 --warmup 1)
-  compiled=(--workload distill)
+  eager=(--workload distill)
+  compiled=(--workload simclr_r18)
   e2e=(--smoke --window 1 --windows 1 --cache "$out/cache")
   loaders=(--data "$out/cache/tiny" --image-size 32 --batch-size 8 --batches 2 --warmup 1
-           --workers 2 --cache "$out/cache"
-           --only "lightly+torchvision,selfsup memory,selfsup ffcv + device decode")
+           --workers 1 --cache "$out/cache" --only "selfsup memory,selfsup ffcv + device decode")
   checkpoint=(--backbone resnet18 --repeat 1)
   deepspeed_precisions=()
   sparsity=(--smoke)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   step=(--steps 10 --rounds 2 --warmup 3)
+  eager=()
   compiled=()
   e2e=(--window 10 --windows 2)
   loaders=(--data ../shared/data/imagenette --image-size 224 --batch-size 256 --batches 20 --warmup 5)
@@ -67,8 +71,9 @@ date -u +"%Y-%m-%d %H:%M UTC"
 
 section "e2e: selfsup train with each loader vs ceiling vs lightly-style" 240 \
   python bench/e2e.py "${e2e[@]}" --json "$out/e2e.json"
-section "train step, eager" 40 python bench/train_step.py "${step[@]}"
-section "train step, compiled" 60 python bench/train_step.py --compile "${compiled[@]}" "${step[@]}"
+section "train step, eager" 40 python bench/train_step.py ${eager[@]+"${eager[@]}"} "${step[@]}"
+section "train step, compiled" 60 python bench/train_step.py --compile ${compiled[@]+"${compiled[@]}"} \
+  "${step[@]}"
 section "loaders" 30 python bench/loaders.py "${loaders[@]}" --json "$out/loaders.json"
 section "checkpoint" 15 python bench/checkpoint.py "${checkpoint[@]}"
 for precision in ${deepspeed_precisions[@]+"${deepspeed_precisions[@]}"}; do

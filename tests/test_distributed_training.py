@@ -166,19 +166,36 @@ def assert_sigkill_resume_is_bitwise(nproc: int, common: list[str], tmp_path: Pa
     assert all(curve_a[s] == curve_b[s] for s in range(killed_at + 1, 9))
 
 
+def distillation(tmp_path: Path) -> list[str]:
+    """Settings of a distilled student (a small frozen teacher written for the test)."""
+    from helpers.teachers import write_teacher
+
+    teacher = write_teacher(tmp_path / "teacher.pt", seed=7)
+    return [
+        "method.name=distill", f"method.teacher={teacher}", "method.seed_weight=0.5",
+        "method.seed_queue_size=40", "method.simclr_weight=0.5",
+    ]  # fmt: skip
+
+
+# What each engine's SIGKILL run also carries, so that one run checks several features'
+# exact resume: DDP a distilled student read through the device-resident loader; ZeRO-2 a
+# sparse distilled student; ZeRO-3 the plain method (then export and tampering checks).
+# The torchvision loader's multi-process resume: the SLURM preemption test's 2-task job.
+ALSO = {"ddp": ("distill", "memory"), "deepspeed-zero2": ("distill", "sparse"),
+        "deepspeed-zero3": ()}  # fmt: skip
+
+
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(
     engine, base, tmp_path, capsys
 ):
-    # ZeRO-2 runs sparse here (its dense resume is the distillation test's): one run, both.
-    sparse = engine == "deepspeed-zero2"
-    # DDP reads through the device-resident loader (the torchvision loader's DDP resume is
-    # the distillation test's): its crops must replay after the kill too.
-    memory = ["data.loader=memory"] if engine == "ddp" else []
-    common = [*base, *ENGINES[engine], *(SPARSE if sparse else []), *memory,
-              "train.max_steps=8", "checkpoint.every_steps=2"]  # fmt: skip
+    also = ALSO[engine]
+    extra = [*(distillation(tmp_path) if "distill" in also else []),
+             *(SPARSE if "sparse" in also else []),
+             *(["data.loader=memory"] if "memory" in also else [])]  # fmt: skip
+    common = [*base, *ENGINES[engine], *extra, "train.max_steps=8", "checkpoint.every_steps=2"]
     assert_sigkill_resume_is_bitwise(2, common, tmp_path)
-    if sparse:
+    if "sparse" in also:
         assert_half_zeros(tmp_path / "b")
     if engine == "deepspeed-zero2":  # ZeRO shards of 2 processes, relaunched on 1: refused
         process = launch(1, [*common, f"run_dir={tmp_path / 'b'}", "train.max_steps=10"])
@@ -189,23 +206,11 @@ def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(
         assert_zero3_export_matches_the_runs_own_backbone(tmp_path / "a", common, capsys)
 
 
-@pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
-def test_distillation_resumes_bitwise_after_sigkill(engine, base, tmp_path):
-    from helpers.teachers import write_teacher
-
-    teacher = write_teacher(tmp_path / "teacher.pt", seed=7)
-    distill = [
-        "method.name=distill", f"method.teacher={teacher}", "method.seed_weight=0.5",
-        "method.seed_queue_size=40", "method.simclr_weight=0.5",
-    ]  # fmt: skip
-    # The single-process distillation is also a sparse run: a sparse student, killed, resumed.
-    sparse = SPARSE if engine == "single" else []
-    nproc, engine_overrides = (1, []) if engine == "single" else (2, ENGINES[engine])
-    common = [*base, *engine_overrides, *distill, *sparse, "train.max_steps=8",
+def test_sparse_distilled_student_resumes_bitwise_after_sigkill_in_one_process(base, tmp_path):
+    common = [*base, *distillation(tmp_path), *SPARSE, "train.max_steps=8",
               "checkpoint.every_steps=2"]  # fmt: skip
-    assert_sigkill_resume_is_bitwise(nproc, common, tmp_path)
-    if sparse:
-        assert_half_zeros(tmp_path / "b")
+    assert_sigkill_resume_is_bitwise(1, common, tmp_path)
+    assert_half_zeros(tmp_path / "b")
 
 
 # Masks pruned at steps 1, 3, 5 and 7: before and after the kill at step 4.
@@ -219,7 +224,7 @@ def assert_half_zeros(run: Path) -> None:
 
 
 def test_sparse_run_resumes_bitwise_after_sigkill_on_ddp(base, data_root, tmp_path):
-    # Single process: the distillation test; DeepSpeed ZeRO-2: the engines' test.
+    # One process: the sparse distilled student's test; DeepSpeed ZeRO-2: the engines' test.
     # JPEG class folders decoded in the training process (data.decode=gpu, here on the CPU):
     # 12 images, 2 per batch and rank, 3 steps an epoch; the kill lands in the second epoch.
     jpegs = [f"data.path={data_root / 'imagenette'}", "data.dataset=imagefolder",

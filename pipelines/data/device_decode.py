@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from selfsup.errors import DataError, one_line
 from selfsup.pipelines.data.crops import crop_key, cut_crops, pad_to_batch, view_boxes
 from selfsup.pipelines.data.encoded import EncodedBatch, EncodedItem, collate_encoded
-from selfsup.pipelines.data.loaders import ResumableSampler, ViewBatch, ViewSpec
+from selfsup.pipelines.data.loaders import ResumableSampler, ViewBatch, ViewSpec, full_batches
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,7 @@ class DeviceDecodeTrainLoader:
             size, spec.world_size, spec.rank, shuffle=True, seed=spec.seed, seeded=False
         )
         self.batch_size = spec.batch_size
-        self.steps_per_epoch = self.sampler.num_samples // spec.batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"the dataset has {size} images, fewer than one batch of {spec.batch_size} "
-                f"per process on {spec.world_size} process(es); lower data.batch_size"
-            )
+        self.steps_per_epoch = full_batches(self.sampler, spec, size)
         self.loader = DataLoader(
             images,
             batch_size=spec.batch_size,

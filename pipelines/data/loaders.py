@@ -106,6 +106,17 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start_index
 
 
+def full_batches(sampler: ResumableSampler, spec: ViewSpec, size: int) -> int:
+    """Full batches per epoch of this rank's share; :class:`DataError` when there is none."""
+    steps = sampler.num_samples // spec.batch_size
+    if steps == 0:
+        raise DataError(
+            f"the dataset has {size} images, fewer than one batch of {spec.batch_size} "
+            f"per process on {spec.world_size} process(es); lower data.batch_size"
+        )
+    return steps
+
+
 class _Sized:
     def __init__(self, size: int) -> None:
         self.size = size
@@ -217,12 +228,7 @@ class TorchvisionTrainLoader:
             len(dataset), world_size, spec.rank, shuffle=True, seed=seed
         )
         self.batch_size = batch_size
-        self.steps_per_epoch = self.sampler.num_samples // batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size} "
-                f"per process on {world_size} process(es); lower data.batch_size"
-            )
+        self.steps_per_epoch = full_batches(self.sampler, spec, len(dataset))
         self.loader = DataLoader(
             MultiViewCrops(dataset, spec),
             batch_size=batch_size,

@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader
 from selfsup.errors import ConfigError
 from selfsup.pipelines.data.crops import crop_key, cut_crops, view_boxes
 from selfsup.pipelines.data.datasets import ArrayDataset, ImageDataset, unwrap_subset
-from selfsup.pipelines.data.loaders import ResizeCenterCrop, ResumableSampler, ViewBatch, ViewSpec
+from selfsup.pipelines.data.loaders import (
+    ResizeCenterCrop,
+    ResumableSampler,
+    ViewBatch,
+    ViewSpec,
+    full_batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +136,7 @@ class MemoryTrainLoader:
             len(dataset), spec.world_size, spec.rank, shuffle=True, seed=spec.seed
         )
         self.batch_size = spec.batch_size
-        self.steps_per_epoch = self.sampler.num_samples // spec.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"the dataset has {len(dataset)} images, fewer than one batch of "
-                f"{spec.batch_size} per process on {spec.world_size} process(es); "
-                "lower data.batch_size"
-            )
+        self.steps_per_epoch = full_batches(self.sampler, spec, len(dataset))
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
         """Batches ``start_step..steps_per_epoch-1`` of ``epoch``, already on the device."""
