@@ -5,7 +5,7 @@ from torch import nn
 from selfsup.errors import ConfigError
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.distributed import DistEnv
-from selfsup.pipelines.runtime.engines import Engine, build_engine, resolve_device
+from selfsup.pipelines.runtime.engines import Engine, build_engine, compile_mode, resolve_device
 
 
 def test_bf16_autocast_runs_matmuls_in_bf16_on_cpu():
@@ -76,3 +76,17 @@ def test_gradient_accumulation_averages_micro_batches():
     two.step()
     for a, b in zip(full.parameters(), half.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_compile_is_on_by_default_for_cuda_single_and_ddp_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_mode("auto", "default", "single", cuda) == "default"
+    assert compile_mode("auto", "max-autotune-no-cudagraphs", "ddp", cuda) == (
+        "max-autotune-no-cudagraphs"
+    )
+    assert compile_mode("auto", "default", "deepspeed", cuda) is None  # DeepSpeed: opt-in
+    assert compile_mode("auto", "default", "single", cpu) is None
+    assert compile_mode(True, "reduce-overhead", "single", cpu) == "reduce-overhead"
+    assert compile_mode(False, "default", "single", cuda) is None
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        load_config(None, ["train.compile_mode=fastest"])

@@ -120,7 +120,10 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tiny_overrides, tm
     steps = ["train.max_steps=2", "train.precision=fp32"]
     compiled = train(load_config(None, [*tiny_overrides, *steps, f"run_dir={compiled_dir}",
                                         "train.compile=true"]))  # fmt: skip
+    logged = (compiled_dir / "train.log").read_text()
+    assert "torch.compile (mode default): the first step took" in logged
     eager = train(load_config(None, [*tiny_overrides, *steps, f"run_dir={eager_dir}"]))
+    assert "torch.compile" not in (eager_dir / "train.log").read_text()  # auto: off on CPU
     a, b = backbone_weights(compiled.run_dir), backbone_weights(eager.run_dir)
     assert a.keys() == b.keys()  # no torch.compile "_orig_mod." prefixes in what is saved
     start = dict(initial_backbone(load_backbone(eager.run_dir)[1]).trunk.named_parameters())
