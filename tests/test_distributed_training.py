@@ -52,18 +52,18 @@ ENGINES = {
 }
 
 
-def launch(nproc: int, overrides: list[str]) -> subprocess.Popen:
-    """``selfsup train`` under torchrun."""
+def launch(nproc: int, overrides: list[str], torchrun: bool = True) -> subprocess.Popen:
+    """``selfsup train`` under torchrun, or (``torchrun=False``, one process) on its own."""
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "selfsup", "train", DEMO, *overrides,
-    ]  # fmt: skip
+    launcher = [
+        "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    ] if torchrun else []  # fmt: skip
+    command = [sys.executable, *launcher, "-m", "selfsup", "train", DEMO, *overrides]
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -142,17 +142,19 @@ def base(tiny_overrides):
     ]  # fmt: skip
 
 
-def assert_sigkill_resume_is_bitwise(nproc: int, common: list[str], tmp_path: Path) -> None:
+def assert_sigkill_resume_is_bitwise(
+    nproc: int, common: list[str], tmp_path: Path, torchrun: bool = True
+) -> None:
     """An uninterrupted run and one SIGKILLed after step 4 and relaunched end identical."""
-    finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"]))
+    finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"], torchrun))
 
     run_b = tmp_path / "b"
-    process = launch(nproc, [*common, f"run_dir={run_b}"])
+    process = launch(nproc, [*common, f"run_dir={run_b}"], torchrun)
     kill_when(process, run_b / "checkpoints" / "step_000000004")
     assert process.returncode == -signal.SIGKILL and not (run_b / "backbone.pt").exists()
     killed_at = int(read_meta(find_latest(run_b / "checkpoints"))["step"])
     assert 4 <= killed_at < 8
-    err = finish(launch(nproc, [*common, f"run_dir={run_b}"]))
+    err = finish(launch(nproc, [*common, f"run_dir={run_b}"], torchrun))
     assert (
         f"resuming from checkpoint {run_b / 'checkpoints' / f'step_{killed_at:09d}'} "
         f"at step {killed_at}/8" in err
@@ -207,9 +209,10 @@ def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(
 
 
 def test_sparse_distilled_student_resumes_bitwise_after_sigkill_in_one_process(base, tmp_path):
+    # Plain `python -m selfsup train`, no launcher: the single-process path a user runs.
     common = [*base, *distillation(tmp_path), *SPARSE, "train.max_steps=8",
               "checkpoint.every_steps=2"]  # fmt: skip
-    assert_sigkill_resume_is_bitwise(1, common, tmp_path)
+    assert_sigkill_resume_is_bitwise(1, common, tmp_path, torchrun=False)
     assert_half_zeros(tmp_path / "b")
 
 
