@@ -158,6 +158,11 @@ class CheckpointConfig:
     # resume=false in a run directory with checkpoints: move the old run aside
     # (into replaced-<time>/) instead of refusing (`selfsup train --overwrite`).
     overwrite: bool = False
+    # The run directory's lock (selfsup.pipelines.checkpoint.run_lock): wait for a
+    # live holder instead of refusing (`--wait-for-lock`), and how long a holder
+    # may go without renewing before its lock counts as stale (a dead node).
+    wait_for_lock: bool = False
+    lock_lease_s: float = 120.0
 
 
 @dataclass

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with checkpoint.resume=false: move an earlier run in the run directory aside",
     )
+    train.add_argument(
+        "--wait-for-lock",
+        action="store_true",
+        help="when another run holds the run directory, wait for it instead of refusing",
+    )
     train.set_defaults(func=cmd_train)
 
     probe = commands.add_parser("probe", help="linear probe + kNN of a pretrained backbone")
@@ -229,6 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.path={args.data}")
     if args.overwrite:
         overrides.append("checkpoint.overwrite=true")
+    if args.wait_for_lock:
+        overrides.append("checkpoint.wait_for_lock=true")
     result = train(load_config(args.config, overrides))
     if result.stopped_by:
         return EXIT_INTERRUPTED
@@ -622,9 +629,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log_to_stderr(args.quiet)
     from selfsup.errors import SelfsupError, one_line
+    from selfsup.safe_pickle import every_torch_load_weights_only
 
     try:
-        return int(args.func(args) or 0)
+        with every_torch_load_weights_only():  # whatever a library asks for, no file runs code
+            return int(args.func(args) or 0)
     except SelfsupError as exc:
         print(f"selfsup: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -9,8 +9,10 @@ in the caller's allowlist before anything is called (the restricted
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 Allowed = Callable[[str, str], bool]  # (module, name) -> may it be rebuilt?
@@ -45,44 +47,29 @@ def allow(names: dict[str, set[str]]) -> Allowed:
     return lambda module, name: name in names.get(module, set())
 
 
-class _Stub:
-    """Stands in for every allowed global during :func:`scan`: accepts anything, does nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
-        return _Stub()
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:  # an OrderedDict's items
-        pass
-
-    def append(self, item: Any) -> None:
-        pass
-
-    def extend(self, items: Any) -> None:
-        pass
+# torch.load reads these variables at every call: the first makes every load
+# weights-only whatever its caller passed; the second (the opposite) must not
+# be set with it.
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
-class _Scanner(_Restricted):
-    """Walks a pickle calling only stubs: every global is checked, none is used."""
+@contextlib.contextmanager
+def every_torch_load_weights_only() -> Iterator[None]:
+    """Every ``torch.load`` in the block is weights-only, even one passing ``weights_only=False``.
 
-    def find_class(self, module: str, name: str) -> Any:
-        if not self.allowed(module, name):
-            raise CodeInPickle(module, name)
-        return _Stub
-
-    def persistent_load(self, pid: Any) -> Any:  # torch.save's tensor storages
-        return None
-
-
-def scan(file: IO[bytes], allowed: Allowed) -> None:
-    """Check every global a pickle names against ``allowed`` without rebuilding anything.
-
-    For files another library will load with plain ``pickle`` (DeepSpeed's
-    checkpoints): scanned first, they can then be handed over safely.
+    Libraries that read their own files with full pickle (DeepSpeed's engine
+    and ``zero_to_fp32``) then read them with the same weights-only unpickler
+    as selfsup: one parser, nothing scanned first and loaded by another.
     """
-    _Scanner(file, allowed, "ASCII").load()
+    previous = {key: os.environ.get(key) for key in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -8,6 +8,8 @@ import os
 import pickle
 import struct
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,10 +23,42 @@ FASHION_MNIST_RAW = SHARED_DATA / "FashionMNIST" / "raw"
 IMAGENETTE = SHARED_DATA / "imagenette"
 
 
+LOAD_GUARD = Path(__file__).resolve().parent / "helpers" / "loadguard"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Nothing may be downloaded during tests, and tests must not pick up a
     # user's data through the default search path by accident.
     os.environ["SELFSUP_OFFLINE"] = "1"
+    install_load_guard()
+
+
+def install_load_guard() -> None:
+    """No unpickling of file contents outside selfsup's reader, here and in every child process.
+
+    ``helpers/loadguard/sitecustomize.py`` records each one in a log that
+    fails the session (:func:`pytest_sessionfinish`).
+    """
+    log = Path(tempfile.mkdtemp(prefix="selfsup-load-guard-")) / "unsafe-loads.log"
+    log.touch()
+    os.environ["SELFSUP_UNSAFE_LOAD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(LOAD_GUARD), os.environ.get("PYTHONPATH")) if p
+    )
+    spec = importlib.util.spec_from_file_location(
+        "selfsup_load_guard", LOAD_GUARD / "sitecustomize.py"
+    )
+    assert spec is not None and spec.loader is not None
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)  # installs itself (the log variable is set)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    log = Path(os.environ.get("SELFSUP_UNSAFE_LOAD_LOG", "/nonexistent"))
+    found = log.read_text() if log.is_file() else ""
+    if found:
+        print(f"\nunsafe loads during the tests (the suite fails):\n{found}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 DEV_CLUSTER = "selfsup-dev"  # slurm/dev-cluster.sh; tests never submit to any other cluster

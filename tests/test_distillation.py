@@ -10,6 +10,7 @@ import torch
 from helpers.teachers import write_teacher
 
 from selfsup.cli import main
+from selfsup.pipelines.checkpoint.dcp_io import load_everything, stored_keys
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.train.teacher import weights_sha256
 
@@ -32,20 +33,15 @@ def distilled(tiny_overrides, tmp_path):
 
 
 def test_the_students_checkpoint_holds_no_teacher_tensor(distilled):
-    from torch.distributed.checkpoint import FileSystemReader
-
     run, teacher_file, _ = distilled
     checkpoint = find_latest(run / "checkpoints")
-    stored = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    stored = stored_keys(checkpoint)
     model_keys = {k[len("model.") :] for k in stored if k.startswith("model.")}
     assert model_keys and not any("teacher" in k for k in stored)
     heads = {k.split(".")[0] for k in model_keys}
     assert heads == {"backbone", "distill_head", "projection_head", "queue"}
 
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    dcp_to_torch_save(checkpoint, run / "flat.pt")
-    flat = torch.load(run / "flat.pt", weights_only=True)["model"]
+    flat = load_everything(checkpoint)["model"]
     teacher = torch.load(teacher_file, weights_only=True)["state_dict"]
     student_tensors = [t for t in flat.values() if t.numel() > 1]
     for name, tensor in teacher.items():

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +22,11 @@ from helpers.payloads import poison_zip_pickle
 
 from selfsup.errors import CheckpointError
 from selfsup.eval.report import read_scalars
+from selfsup.pipelines.checkpoint.dcp_io import load_everything
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.manifest import write_manifest
+from selfsup.pipelines.checkpoint.untrusted import load_deepspeed_file
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import cpu_engine
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
@@ -112,16 +115,9 @@ def all_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
                 walk(f"{prefix}/{i}", v)
 
     if (checkpoint / ".metadata").exists():
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        out = checkpoint.parent / f"{checkpoint.name}.consolidated.pt"
-        dcp_to_torch_save(checkpoint, out)
-        walk("dcp", torch.load(out, weights_only=True))
-        out.unlink()
-    for file in sorted(
-        checkpoint.glob("*.pt")
-    ):  # DeepSpeed's files (trusted: written here) and RNG
-        walk(file.name, torch.load(file, weights_only=False))
+        walk("dcp", load_everything(checkpoint))
+    for file in sorted(checkpoint.glob("*.pt")):  # DeepSpeed's files and RNG
+        walk(file.name, load_deepspeed_file(file))
     return flat
 
 
@@ -143,18 +139,28 @@ def base(tiny_overrides):
 
 
 def assert_sigkill_resume_is_bitwise(
-    nproc: int, common: list[str], tmp_path: Path, torchrun: bool = True
+    nproc: int, common: list[str], tmp_path: Path, torchrun: bool = True, rival: bool = False
 ) -> None:
-    """An uninterrupted run and one SIGKILLed after step 4 and relaunched end identical."""
+    """An uninterrupted run and one SIGKILLed after step 4 and relaunched end identical.
+
+    ``rival``: the killed run is started together with a second one-process start
+    in the same run directory (see :func:`only_one_of_two_starts_trains`).
+    """
     finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"], torchrun))
 
     run_b = tmp_path / "b"
     process = launch(nproc, [*common, f"run_dir={run_b}"], torchrun)
+    if rival:
+        rival_start = launch(1, [*common, f"run_dir={run_b}"], torchrun=False)
+        process = only_one_of_two_starts_trains(process, rival_start)
     kill_when(process, run_b / "checkpoints" / "step_000000004")
     assert process.returncode == -signal.SIGKILL and not (run_b / "backbone.pt").exists()
     killed_at = int(read_meta(find_latest(run_b / "checkpoints"))["step"])
     assert 4 <= killed_at < 8
     err = finish(launch(nproc, [*common, f"run_dir={run_b}"], torchrun))
+    if rival:  # the killed holder's lock: taken over, since its process is gone
+        assert f"took over the stale lock of pid {process.pid} on {socket.gethostname()}" in err
+        assert f"process {process.pid} is gone" in err
     assert (
         f"resuming from checkpoint {run_b / 'checkpoints' / f'step_{killed_at:09d}'} "
         f"at step {killed_at}/8" in err
@@ -166,6 +172,20 @@ def assert_sigkill_resume_is_bitwise(
     curve_b = dict(read_scalars(run_b / "tb", "train/loss"))
     assert sorted(curve_b) == list(range(1, 9))
     assert all(curve_a[s] == curve_b[s] for s in range(killed_at + 1, 9))
+
+
+def only_one_of_two_starts_trains(a: subprocess.Popen, b: subprocess.Popen) -> subprocess.Popen:
+    """Two starts in one run directory at once: one refuses naming the other; the holder."""
+    deadline = time.monotonic() + 300
+    while a.poll() is None and b.poll() is None:
+        assert time.monotonic() < deadline, "neither start refused"
+        time.sleep(0.05)
+    loser, holder = (a, b) if a.poll() is not None else (b, a)
+    _, err = loser.communicate()
+    assert loser.returncode == 2 and holder.poll() is None, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert f"is in use by pid {holder.pid} on {socket.gethostname()}, since" in last, last
+    return holder
 
 
 def distillation(tmp_path: Path) -> list[str]:
@@ -212,7 +232,7 @@ def test_sparse_distilled_student_resumes_bitwise_after_sigkill_in_one_process(b
     # Plain `python -m selfsup train`, no launcher: the single-process path a user runs.
     common = [*base, *distillation(tmp_path), *SPARSE, "train.max_steps=8",
               "checkpoint.every_steps=2"]  # fmt: skip
-    assert_sigkill_resume_is_bitwise(1, common, tmp_path, torchrun=False)
+    assert_sigkill_resume_is_bitwise(1, common, tmp_path, torchrun=False, rival=True)
     assert_half_zeros(tmp_path / "b")
 
 
@@ -343,7 +363,7 @@ def assert_zero3_export_matches_the_runs_own_backbone(run: Path, common: list[st
     assert main(["checkpoint", "inspect", str(run)]) == 0
     assert "deepspeed (ZeRO stage 3), written by 2 process(es)" in capsys.readouterr().out
     # A tampered DeepSpeed file (manifest rewritten to match) is refused by every
-    # reader before DeepSpeed's own loader (weights_only=False) could unpickle it.
+    # reader: DeepSpeed's own loads are made weights-only.
     latest = find_latest(run / "checkpoints")
     sentinel = tmp_path / "PAYLOAD_RAN"
     model_states = "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO-3's per-rank files

@@ -10,8 +10,11 @@ so what refuses the file is the code check, not the hash check.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,9 +38,10 @@ def sentinel(tmp_path):
     assert not path.exists(), "a payload ran"
 
 
-def test_the_payloads_do_run_under_plain_pickle(tmp_path):
+def test_the_payloads_do_run_under_plain_pickle(tmp_path, monkeypatch):
     # The control: unpickled naively, both payloads create the sentinel, and the
-    # disguised one still returns the real content.
+    # disguised one still returns the real content (the suite's guard stands aside).
+    monkeypatch.setenv("SELFSUP_ALLOW_UNSAFE_LOAD", "1")
     first, second = tmp_path / "a", tmp_path / "b"
     pickle.loads(plain_payload(first))
     assert pickle.loads(disguised(pickle.dumps({"real": 1}), second)) == {"real": 1}
@@ -49,6 +53,23 @@ def test_the_payloads_do_run_under_plain_pickle(tmp_path):
     poison_zip_pickle(third, tmp_path / "d")
     assert torch.equal(torch.load(third, weights_only=False)["real"], torch.ones(2))
     assert (tmp_path / "d").exists()
+
+
+def test_the_suites_guard_records_and_refuses_unsafe_loads_in_child_processes(tmp_path):
+    # Every process the suite starts inherits the guard (conftest.install_load_guard).
+    log = tmp_path / "unsafe.log"
+    env = {**os.environ, "SELFSUP_UNSAFE_LOAD_LOG": str(log)}
+    weights = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, weights)
+    for code, names in (
+        (f"import torch; torch.load({str(weights)!r}, weights_only=True)", None),
+        (f"import torch; torch.load({str(weights)!r}, weights_only=False)", "_rebuild_tensor"),
+        (f"import pickle; pickle.load(open({str(weights)!r}, 'rb'))", "pickle.load("),
+    ):
+        log.write_text("")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+        assert (done.returncode == 0) == (names is None), done.stderr
+        assert (names or "") in log.read_text() and bool(log.read_text()) == bool(names)
 
 
 @pytest.fixture

@@ -20,7 +20,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.default_planner import (
+    DefaultLoadPlanner,
+    _EmptyStateDictLoadPlanner,  # what DCP's own dcp_to_torch_save reads with
+)
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 
 from selfsup import safe_pickle
@@ -120,7 +123,7 @@ class SafeFileSystemReader(dcp.FileSystemReader):
         return metadata
 
 
-class SafeLoadPlanner(DefaultLoadPlanner):
+class _WeightsOnlyBytes(DefaultLoadPlanner):
     """DCP's planner, but non-tensor entries load with ``weights_only=True`` (it uses False)."""
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
@@ -131,6 +134,33 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
         else:
             self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+class SafeLoadPlanner(_WeightsOnlyBytes):
+    """DCP's default planner (loads into a given state), reading non-tensor entries safely."""
+
+
+class SafeWholeLoadPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
+    """DCP's planner for reading a whole checkpoint into an empty state, reading entries safely."""
+
+
+def load_everything(path: Path) -> dict[str, Any]:
+    """All a DCP checkpoint holds, nested as saved, on the CPU and without a process group.
+
+    What DCP's ``dcp_to_torch_save`` reads (with its private loader: the public
+    ``dcp.load`` fills only the keys it is given), through the safe reader and planner.
+    """
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict[str, Any] = {}
+    with quiet_dcp():
+        try:
+            _load_state_dict(
+                state, SafeFileSystemReader(path), planner=SafeWholeLoadPlanner(), no_dist=True
+            )
+        except DCP_ERRORS as exc:
+            raise unreadable(path, exc) from None
+    return state
 
 
 def check_byte_entries(path: Path) -> int:
@@ -170,13 +200,18 @@ def load_into(state: dict[str, Any], path: Path) -> None:
         try:
             dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
         except DCP_ERRORS as exc:
-            code = find_cause(exc, CodeInPickle)
-            if code is not None:
-                raise carries_code(path, code) from None
-            raise CheckpointError(
-                f"cannot read checkpoint {path} ({describe_dcp_error(exc)}); it is incomplete "
-                "or corrupt: delete it to resume from the one before"
-            ) from exc
+            raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    """One line for a DCP read that failed: code refused, or an incomplete/corrupt folder."""
+    code = find_cause(exc, CodeInPickle)
+    if code is not None:
+        return carries_code(path, code)
+    return CheckpointError(
+        f"cannot read checkpoint {path} ({describe_dcp_error(exc)}); it is incomplete "
+        "or corrupt: delete it to resume from the one before"
+    )
 
 
 ErrorT = TypeVar("ErrorT", bound=BaseException)

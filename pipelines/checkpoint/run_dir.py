@@ -23,6 +23,7 @@ from typing import Any
 from selfsup.errors import ConfigError
 from selfsup.logs import log_to_file
 from selfsup.pipelines.checkpoint.folders import list_checkpoints
+from selfsup.pipelines.checkpoint.run_lock import LOCK_FILE
 from selfsup.pipelines.config import RunConfig, load_saved_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,24 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-# What a folder may hold before a run's first start: nothing, or the files
-# submitit writes into a SLURM job's folder (which is the run directory).
-SUBMITIT_FILE = re.compile(
+# What a folder may hold before a run's first start: nothing, the files
+# submitit writes into a SLURM job's folder (which is the run directory), or
+# what a start that failed before its config was saved left: its log, its lock.
+BEFORE_FIRST_START = re.compile(
     r"^\d+(_\d+)*_(submitted\.pkl|submission\.sh|log\.out|log\.err|result\.pkl)$"
     r"|^submission_file_\w+\.sh$"
+    rf"|^{re.escape(LOG_FILE)}$|^{re.escape(LOCK_FILE)}(\..*)?$"
 )
 # Files a run directory owns at its top level (nothing else may write them).
 RUN_DIR_FILES = (
     CONFIG_FILE, LOG_FILE, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json", "loss.png",
 )  # fmt: skip
-# What a fresh start with checkpoint.overwrite moves aside.
-RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json")
+# What a fresh start with checkpoint.overwrite moves aside: the whole earlier run
+# but the log (which the new start is writing, and which keeps every start's lines).
+RUN_OUTPUTS = (
+    CONFIG_FILE, CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json",
+    "loss.png", "finetune",
+)  # fmt: skip
 
 
 def check_run_dir(config: RunConfig, resuming: bool) -> None:
@@ -79,7 +86,8 @@ def check_run_dir(config: RunConfig, resuming: bool) -> None:
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir {run_dir} is a file; choose a folder (run_dir=... or name=...)")
     if not (run_dir / CONFIG_FILE).is_file():
-        strangers = sorted(p.name for p in run_dir.iterdir() if not SUBMITIT_FILE.match(p.name))
+        names = (p.name for p in run_dir.iterdir())
+        strangers = sorted(n for n in names if not BEFORE_FIRST_START.match(n))
         if strangers:
             shown = ", ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else "")
             raise ConfigError(
@@ -107,6 +115,20 @@ def move_earlier_run_aside(run_dir: Path) -> Path | None:
         path.rename(aside / path.name)
     log.info("checkpoint.overwrite: moved the earlier run's outputs to %s", aside)
     return aside
+
+
+def create_run_dir(config: RunConfig) -> Path:
+    """Create the run directory (after checking it may be one), ready for its lock."""
+    check_run_dir(config, resuming=True)  # whether to resume is decided under the lock
+    run_dir = config.resolved_run_dir()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create run_dir {run_dir} ({exc.strerror}); choose a writable place "
+            "(run_dir=... or output_dir=...)"
+        ) from None
+    return run_dir
 
 
 def prepare_run_dir(config: RunConfig, resuming: bool, is_main: bool = True) -> Path:

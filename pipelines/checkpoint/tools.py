@@ -21,7 +21,11 @@ from selfsup.pipelines.checkpoint.run_dir import (
     TB_DIR,
     find_run_dir,
 )
-from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
+from selfsup.pipelines.checkpoint.untrusted import (
+    deepspeed_files,
+    load_deepspeed_file,
+    load_tensor_file,
+)
 from selfsup.pipelines.checkpoint.weights import (
     BackboneInfo,
     load_backbone,
@@ -110,13 +114,15 @@ def refuse_code(folder: Path) -> None:
     """Read every pickle of a checkpoint without running any: one line for one that carries code.
 
     The DCP index and its non-tensor entries through allowlists, every
-    ``.pt`` file weights-only (DeepSpeed's through its own allowlist).
+    ``.pt`` file weights-only (DeepSpeed's with its classes allowed): the
+    reader every load uses, so what passes here loads the same way.
     """
     if (folder / dcp_io.METADATA_FILE).is_file():
         dcp_io.check_byte_entries(folder)
     for file in sorted(folder.glob("rng_rank*.pt")):
         load_tensor_file(file, "RNG state file")
-    scan_deepspeed_folder(folder)
+    for file in deepspeed_files(folder):
+        load_deepspeed_file(file)
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointSummary:

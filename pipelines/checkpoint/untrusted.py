@@ -2,17 +2,18 @@
 
 Every ``.pt`` file selfsup reads goes through :func:`load_tensor_file`
 (``torch.load(weights_only=True)``), DCP folders through the allowlisting
-reader of :mod:`selfsup.pipelines.checkpoint.dcp_io`. A file that asks to
+reader of :mod:`selfsup.pipelines.checkpoint.dcp_io`, and DeepSpeed's files
+through DeepSpeed's own readers made weights-only (:func:`deepspeed_reads`). A file that asks to
 rebuild anything but tensors and plain containers is refused with one line
 naming the file and what it asked for.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import pickle
 import re
-import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +21,7 @@ import torch
 
 from selfsup import safe_pickle
 from selfsup.errors import CheckpointError, one_line
-from selfsup.safe_pickle import CodeInPickle
+from selfsup.safe_pickle import CodeInPickle, every_torch_load_weights_only
 
 
 def carries_code(path: Path, exc: CodeInPickle) -> CheckpointError:
@@ -92,56 +93,47 @@ def load_tensor_file(path: Path, what: str) -> Any:
         ) from None
 
 
-# What DeepSpeed's checkpoint files rebuild: tensors (torch's own rebuild
-# functions and storage types), and three DeepSpeed classes. DeepSpeed reads
-# its files with plain pickle (weights_only=False), so each is scanned
-# against this list first.
-_TORCH_REBUILD = {
-    "torch._utils": {"_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"},
-    "torch._tensor": {"_rebuild_from_type_v2"},
-    "collections": {"OrderedDict"},
-}
-_DEEPSPEED_CLASSES = {
-    "deepspeed.runtime.fp16.loss_scaler": {"LossScaler", "DynamicLossScaler"},
-    "deepspeed.runtime.zero.config": {"ZeroStageEnum"},
-    "deepspeed.utils.tensor_fragment": {"fragment_address"},
-}
-
-
 def torch_value(module: str, name: str, *kinds: type) -> bool:
     """``torch.<name>`` names a value of one of ``kinds`` (``torch.float32``: a dtype)."""
     return module == "torch" and isinstance(getattr(torch, name, None), kinds)
 
 
-def _deepspeed_allowed(module: str, name: str) -> bool:
-    if name in {**_TORCH_REBUILD, **_DEEPSPEED_CLASSES}.get(module, set()):
-        return True
-    if module == "torch" and (name in ("Size", "Tensor", "device") or name.endswith("Storage")):
-        return True
-    return torch_value(module, name, torch.dtype, torch.device)
+def deepspeed_classes() -> list[Any]:
+    """The DeepSpeed classes its checkpoint files rebuild (loss scaler, ZeRO stage, fragments).
+
+    Plain data holders: rebuilding them runs no code of the file's choosing.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def scan_deepspeed_file(path: Path) -> None:
-    """Refuse (one line) a DeepSpeed checkpoint file whose pickle names anything else."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                for name in pickles:
-                    safe_pickle.scan(io.BytesIO(archive.read(name)), _deepspeed_allowed)
-        else:
-            with path.open("rb") as fh:
-                safe_pickle.scan(fh, _deepspeed_allowed)
-    except CodeInPickle as exc:
-        raise carries_code(path, exc) from None
-    except Exception as exc:  # truncated, not a pickle: damaged
-        raise CheckpointError(
-            f"{path} is not a readable DeepSpeed checkpoint file ({type(exc).__name__}); it is "
-            "damaged: delete the checkpoint to resume from the one before"
-        ) from None
+def deepspeed_files(folder: Path) -> list[Path]:
+    """The ``.pt`` files DeepSpeed reads from a checkpoint folder (not selfsup's RNG files)."""
+    return [f for f in sorted(folder.glob("*.pt")) if not f.name.startswith("rng_rank")]
 
 
-def scan_deepspeed_folder(folder: Path) -> None:
-    for file in sorted(folder.glob("*.pt")):
-        if not file.name.startswith("rng_rank"):
-            scan_deepspeed_file(file)
+def load_deepspeed_file(path: Path) -> Any:
+    """A DeepSpeed checkpoint file, weights-only with its classes allowed; one-line errors."""
+    with torch.serialization.safe_globals(deepspeed_classes()):
+        return load_tensor_file(path, "DeepSpeed checkpoint file")
+
+
+@contextlib.contextmanager
+def deepspeed_reads(folder: Path) -> Iterator[None]:
+    """DeepSpeed's own readers of ``folder``, weights-only, with DeepSpeed's classes allowed.
+
+    DeepSpeed calls ``torch.load(weights_only=False)``; inside the block
+    torch makes those loads weights-only (:func:`every_torch_load_weights_only`).
+    When one is refused, the folder's files are read one by one (weights-only,
+    on this error path only) to name the file in one line.
+    """
+    with every_torch_load_weights_only(), torch.serialization.safe_globals(deepspeed_classes()):
+        try:
+            yield
+        except (pickle.UnpicklingError, RuntimeError, EOFError):
+            for file in deepspeed_files(folder):
+                load_deepspeed_file(file)  # raises the one-line error for the culprit
+            raise

@@ -22,7 +22,11 @@ from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint import dcp_io, folders
 from selfsup.pipelines.checkpoint.manifest import require_intact
 from selfsup.pipelines.checkpoint.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE
-from selfsup.pipelines.checkpoint.untrusted import load_tensor_file, scan_deepspeed_folder
+from selfsup.pipelines.checkpoint.untrusted import (
+    deepspeed_reads,
+    load_deepspeed_file,
+    load_tensor_file,
+)
 from selfsup.pipelines.config import RunConfig, load_saved_config
 from selfsup.ssl.backbones import Backbone, build_backbone
 from selfsup.ssl.sparsity import attach_masks, fold_mask_keys
@@ -220,22 +224,22 @@ def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
 def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
     """Consolidate a DeepSpeed checkpoint's fp32 weights (DeepSpeed's zero_to_fp32).
 
-    DeepSpeed's own reader unpickles its files with ``weights_only=False``:
-    every file is scanned against an allowlist first.
+    DeepSpeed's own reader asks for ``weights_only=False``; inside
+    :func:`deepspeed_reads` torch reads its files weights-only all the same.
     """
     from selfsup.pipelines.runtime.engines.deepspeed_engine import require_deepspeed
 
     require_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    scan_deepspeed_folder(path)
     stage = folders.read_meta(path).get("engine_state", {}).get("zero_stage", 2)
     try:
         if stage == 0:  # no ZeRO shards: the model file holds the weights
             files = sorted(path.glob("mp_rank_*_model_states.pt"))
-            full = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+            full = load_deepspeed_file(files[0])["module"]
         else:
-            full = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+            with deepspeed_reads(path):
+                full = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
     except (FileNotFoundError, IndexError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(
             f"cannot consolidate DeepSpeed checkpoint {path} ({type(exc).__name__}: {exc}); "

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from selfsup.atomic import write_atomic
-from selfsup.errors import TrainingError, one_line
+from selfsup.errors import SelfsupError, TrainingError, one_line
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
@@ -39,9 +39,11 @@ from selfsup.pipelines.checkpoint.run_dir import (
     CHECKPOINT_DIR,
     SUMMARY_FILE,
     commit_run_config,
+    create_run_dir,
     prepare_run_dir,
     run_log_file,
 )
+from selfsup.pipelines.checkpoint.run_lock import RunLock
 from selfsup.pipelines.checkpoint.weights import info_from_config, save_backbone
 from selfsup.pipelines.config import RunConfig
 from selfsup.pipelines.data.loaders import TrainLoader, ViewBatch
@@ -111,7 +113,9 @@ def train(
             check_sparsity_layers(model, config)  # names that match nothing, before any write
     own_engine = engine is None
     engine = engine or build_engine(config)
+    lock = None
     try:
+        lock = lock_run_dir(config, engine)
         checkpoints = config.resolved_run_dir() / CHECKPOINT_DIR
         resume_from = find_latest(checkpoints) if config.checkpoint.resume else None
         resuming = resume_from is not None
@@ -130,8 +134,31 @@ def train(
             engine.barrier()
             return result
     finally:
+        if lock is not None:
+            lock.release()
         if own_engine:
             engine.close()
+
+
+def lock_run_dir(config: RunConfig, engine: Engine) -> RunLock | None:
+    """Rank 0 creates the run directory and takes its lock; every rank learns whether it did.
+
+    Before any checkpoint is looked for, so a second start never reads (or
+    deletes) what the first one writes.
+    """
+    lock, refusal = None, None
+    if engine.is_main:
+        try:
+            run_dir = create_run_dir(config)
+            lock = RunLock(run_dir, config.checkpoint.lock_lease_s)
+            lock.acquire(wait=config.checkpoint.wait_for_lock)
+        except SelfsupError as exc:
+            lock, refusal = None, exc
+    if engine.any_rank(refusal is not None):
+        if refusal is not None:
+            raise refusal
+        raise TrainingError(f"rank 0 could not lock {config.resolved_run_dir()}: see its log")
+    return lock
 
 
 def optimizer_steps(

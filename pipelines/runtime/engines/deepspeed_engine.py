@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError, DependencyError, one_line
-from selfsup.pipelines.checkpoint.untrusted import scan_deepspeed_folder
+from selfsup.pipelines.checkpoint.untrusted import deepspeed_reads
 from selfsup.pipelines.runtime.distributed import init_process_group
 from selfsup.pipelines.runtime.engines.base import Engine, all_finite
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
@@ -204,11 +204,11 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
                 f"{self.zero_stage}"
             )
         check_deepspeed_files(path, self.world_size, self.zero_stage)
-        scan_deepspeed_folder(path)  # DeepSpeed unpickles with weights_only=False
         try:
-            loaded, _ = self.ds_engine.load_checkpoint(
-                str(path.parent), tag=path.name, load_lr_scheduler_states=False
-            )
+            with deepspeed_reads(path):  # DeepSpeed's torch.load(weights_only=False), made safe
+                loaded, _ = self.ds_engine.load_checkpoint(
+                    str(path.parent), tag=path.name, load_lr_scheduler_states=False
+                )
         except (RuntimeError, KeyError, OSError, EOFError) as exc:
             raise CheckpointError(
                 f"cannot load DeepSpeed checkpoint {path} ({type(exc).__name__}: "

@@ -26,6 +26,9 @@ def test_a_fresh_start_over_a_finished_run_is_refused_then_moves_it_aside(tiny_o
     assert result.resumed_from_step is None and result.step == 3
     (aside,) = run.glob("replaced-*")
     assert (aside / "backbone.pt").read_bytes() == before[Path("backbone.pt")]
+    # The whole earlier run moved, config included: it is still a run one can read.
+    assert (aside / "config.yaml").read_bytes() == before[Path("config.yaml")]
+    assert main(["checkpoint", "verify", str(aside)]) == 0
     assert sorted(p.name for p in (aside / "checkpoints").glob("step_*")) == [
         "step_000000003", "step_000000006",
     ]  # fmt: skip
@@ -47,6 +50,18 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_overrides, tmp_path):
     for name in ("123_submitted.pkl", "123_0_log.out", "123_0_log.err", "123_submission.sh"):
         (job / name).write_text("")
     assert train(load_config(None, [*tiny_overrides, f"run_dir={job}"])).finished
+    assert not (job / "selfsup.lock").exists(), "the lock goes with the run"
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_rerun(
+    tiny_overrides, tmp_path
+):
+    run = tmp_path / "r"
+    bad = [*tiny_overrides, f"run_dir={run}", "data.path=/nonexistent/cifar-10-batches-py"]
+    with pytest.raises(Exception, match="nonexistent"):
+        train(load_config(None, bad))
+    assert sorted(p.name for p in run.iterdir()) == ["train.log"]  # its log, no lock
+    assert train(load_config(None, [*tiny_overrides, f"run_dir={run}"])).finished
 
 
 def test_export_never_overwrites_unasked_nor_a_runs_own_files(tiny_overrides, tmp_path, capsys):
