@@ -17,6 +17,7 @@ from typing import Any
 from selfsup.atomic import write_atomic
 from selfsup.eval.probe import probe
 from selfsup.pipelines.config import ProbeConfig
+from selfsup.text import markdown_table
 
 REPORT_JSON = "eval_report.json"
 REPORT_MD = "eval_report.md"
@@ -111,9 +112,7 @@ def write_sweep_report(
         "",
         f"{len(rows)} task(s) finished" + (f", {len(failures)} failed" if failures else "") + ".",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(cells) + " |" for cells in table],
+        *markdown_table(header, table),
     ]
     if failures:
         lines += ["", "## Failed tasks", "", *[f"- {f}" for f in failures]]

@@ -9,13 +9,12 @@ with each one's frozen-feature accuracy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfsup.eval.report import load_report_if_any
-from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, SUMMARY_FILE
+from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, read_summary
 from selfsup.pipelines.config import RunConfig, load_saved_config
 
 NO_CONTROL = "not given: pass the run of the same student trained without a teacher"
@@ -36,8 +35,7 @@ class RunFacts:
 def run_facts(path: Path) -> RunFacts | None:
     if not (path / CONFIG_FILE).is_file():
         return None
-    summary = path / SUMMARY_FILE
-    steps = json.loads(summary.read_text()).get("step") if summary.is_file() else None
+    steps = read_summary(path).get("step")
     return RunFacts(path, load_saved_config(path / CONFIG_FILE), steps)
 
 

@@ -115,6 +115,8 @@ def load_source(path: str | Path, run_config: RunConfig) -> Source:
 def output_dir(source: Source, out: str | None) -> Path:
     """``--out``, else the run directory, else the folder of the weights file."""
     if out:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for finetune/ to go into")
         return Path(out)
     return source.info.run_dir or Path(source.info.origin).parent
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfsup.atomic import write_atomic
 from selfsup.pipelines.config import FinetuneConfig
+from selfsup.text import markdown_table
 
 if TYPE_CHECKING:
     from selfsup.eval.finetune import RecipeResult
@@ -99,12 +100,11 @@ def _recipe_sentence(s: dict[str, Any]) -> str:
 
 def _per_class_table(report: dict[str, Any]) -> list[str]:
     inits = list(report["results"])
-    lines = ["## Per-class test accuracy (%)", "",
-             "| class | " + " | ".join(inits) + " |", "|---|" + "---|" * len(inits)]  # fmt: skip
-    for i, name in enumerate(report["classes"]):
-        cells = [f"{report['results'][init]['test']['per_class'][i]:.1f}" for init in inits]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    rows = [
+        [name, *(f"{report['results'][init]['test']['per_class'][i]:.1f}" for init in inits)]
+        for i, name in enumerate(report["classes"])
+    ]
+    return ["## Per-class test accuracy (%)", "", *markdown_table(["class", *inits], rows), ""]
 
 
 def _pyplot() -> Any:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from selfsup.atomic import write_atomic
+from selfsup.errors import one_line
 from selfsup.eval.probe import ProbeOutcome
-from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, SUMMARY_FILE, TB_DIR
+from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, TB_DIR, is_run_dir, read_summary
 from selfsup.pipelines.config import load_saved_config
+from selfsup.text import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,10 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:  # atomically: a full disk leaves no half-written (or 0-byte) picture
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def build_report(outcome: ProbeOutcome) -> dict[str, Any]:
@@ -68,8 +73,7 @@ def build_report(outcome: ProbeOutcome) -> dict[str, Any]:
     run_dir = outcome.info.run_dir
     if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         config = load_saved_config(run_dir / CONFIG_FILE)
-        summary_path = run_dir / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_summary(run_dir)
         report["run"] = {
             "name": config.name,
             "dir": str(run_dir),
@@ -90,19 +94,30 @@ def build_report(outcome: ProbeOutcome) -> dict[str, Any]:
 
 def write_report(outcome: ProbeOutcome, out_dir: Path) -> dict[str, Any]:
     """Write report.json, report.md and loss.png into ``out_dir``; log to TensorBoard."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(outcome)
+    try:
+        _write_report_files(report, out_dir)
+        if outcome.info.run_dir is not None:
+            log_to_tensorboard(outcome, outcome.info.run_dir / TB_DIR)
+    except OSError as exc:  # a full disk, a read-only folder: each file is whole or absent
+        from selfsup.errors import SelfsupError
+
+        raise SelfsupError(
+            f"cannot write the report into {out_dir} ({exc.strerror or one_line(exc)}); free "
+            "space or make it writable, or pass --out DIR, and probe again"
+        ) from None
+    return report
+
+
+def _write_report_files(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     run = report["run"]
     if run and run["loss_curve"]:
         title = f"{run['method']} / {run['backbone']} on {run['dataset']}"
         plot_loss(run["loss_curve"], out_dir / LOSS_PNG, title)
     write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
-    write_atomic(
-        out_dir / REPORT_MD, render_markdown(report, has_plot=(out_dir / LOSS_PNG).is_file())
-    )
-    if outcome.info.run_dir is not None:
-        log_to_tensorboard(outcome, outcome.info.run_dir / TB_DIR)
-    return report
+    has_plot = (out_dir / LOSS_PNG).is_file()
+    write_atomic(out_dir / REPORT_MD, render_markdown(report, has_plot=has_plot))
 
 
 def log_to_tensorboard(outcome: ProbeOutcome, tb_dir: Path) -> None:
@@ -182,9 +197,7 @@ def render_markdown(report: dict[str, Any], has_plot: bool) -> str:
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def load_report(run_dir: Path) -> dict[str, Any]:
@@ -206,7 +219,7 @@ def load_report_if_any(run_dir: Path) -> dict[str, Any] | None:
     if not run_dir.exists():
         raise SelfsupError(f"{run_dir} does not exist; pass run directories of `selfsup train`")
     path = run_dir / REPORT_JSON if run_dir.is_dir() else run_dir
-    if run_dir.is_dir() and not (run_dir / CONFIG_FILE).is_file():
+    if run_dir.is_dir() and not is_run_dir(run_dir):
         raise SelfsupError(
             f"{run_dir} is not a selfsup run directory (no {CONFIG_FILE}); pass run directories "
             "written by `selfsup train`"
@@ -226,24 +239,51 @@ def load_report_if_any(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _is_report(report: Any) -> bool:
-    """The shape :func:`comparison` reads: a format tag, the backbone and per-dataset scores."""
+    """The shape :func:`comparison` reads, with the types and ranges of every value it prints."""
     if not isinstance(report, dict) or report.get("format") != FORMAT:
         return False
-    probe = report.get("probe")
+    probe, run = report.get("probe"), report.get("run")
     if not isinstance(probe, dict) or not isinstance(probe.get("results"), list):
         return False
+    if run is not None and not (
+        isinstance(run, dict)
+        and all(isinstance(run.get(k), (str, type(None))) for k in ("name", "method"))
+        and (run.get("final_loss") is None or _number(run["final_loss"]))
+    ):
+        return False
     backbone = probe.get("backbone")
-    if not isinstance(backbone, dict) or not {"name", "origin"} <= set(backbone):
+    if not isinstance(backbone, dict) or not all(
+        isinstance(backbone.get(k), str) for k in ("name", "origin")
+    ):
+        return False
+    step = backbone.get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
         return False
     return all(_is_result(r) for r in probe["results"])
 
 
-def _is_result(result: Any) -> bool:
-    trained = result.get("trained") if isinstance(result, dict) else None
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
     return (
-        isinstance(trained, dict)
-        and "dataset" in result
-        and all(isinstance(trained.get(k), (int, float)) for k in ("linear_top1", "knn_top1"))
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _is_scores(scores: Any) -> bool:
+    """Top-1 accuracies in percent."""
+    return isinstance(scores, dict) and all(
+        _number(scores.get(k), 0, 100) for k in ("linear_top1", "knn_top1")
+    )
+
+
+def _is_result(result: Any) -> bool:
+    return (
+        isinstance(result, dict)
+        and isinstance(result.get("dataset"), str)
+        and _is_scores(result.get("trained"))
+        and (result.get("random_init") is None or _is_scores(result["random_init"]))
     )
 
 

@@ -20,6 +20,7 @@ from selfsup.atomic import write_atomic
 from selfsup.eval.probe import probe
 from selfsup.eval.prune import prune_backbone, recover, sparsity_settings
 from selfsup.pipelines.config import ProbeConfig
+from selfsup.text import markdown_table
 
 REPORT_JSON, REPORT_MD, PLOT_PNG = "report.json", "report.md", "sparsity.png"
 
@@ -114,15 +115,16 @@ def render_sweep(report: dict[str, Any]) -> str:
     for d in datasets:
         header += [f"{d} kNN", f"{d} linear"]
         header += [f"{d} kNN recovered", f"{d} linear recovered"] if recovered else []
-    lines = [f"# Accuracy against sparsity: `{report['source']}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    table = []
     for r in rows:
         cells = [r.pattern, f"{100 * r.target:.0f}%", f"{100 * r.zeros:.1f}%"]
         for d in datasets:
             cells += [_cell(r.knn, d), _cell(r.linear, d)]
             if recovered:
                 cells += [_cell(r.recovered_knn, d), _cell(r.recovered_linear, d)]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = [f"# Accuracy against sparsity: `{report['source']}`", "",
+             *markdown_table(header, table)]  # fmt: skip
     probe = report["probe"]
     lines += [
         "",

@@ -396,7 +396,15 @@ def _build(layers: Sequence[Layer], base: RunConfig | None = None) -> RunConfig:
     merged: DictConfig = OmegaConf.structured(base)
     for layer, source in layers:
         merged = _merge(merged, layer, source)
-    config = OmegaConf.to_object(merged)
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:  # an interpolation ${...} that does not resolve
+        sources = ", ".join(source for _, source in layers) or "defaults"
+        raise ConfigError(
+            f"config key '{exc.full_key}' (from {sources}) cannot be resolved: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}; an interpolation ${{...}} must "
+            "name an existing key, without cycles"
+        ) from None
     assert isinstance(config, RunConfig)
     validate(config)
     return config
@@ -503,6 +511,7 @@ def validate(config: RunConfig) -> None:
             f"config key 'train.max_steps' must be positive, got {config.train.max_steps}"
         )
     _validate_loading(config)
+    _validate_image_sides(config)
     for key in config.probe.betons:
         dataset, _, split = key.rpartition("_")
         if split not in ("train", "test") or not dataset:
@@ -533,6 +542,28 @@ def validate(config: RunConfig) -> None:
     context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
     with config_keys_in_errors(config.method):
         config.method.check(context)
+
+
+# The largest side of an image a network is fed (views, probe/fine-tune inputs,
+# a teacher's input, images held by the memory loader): far above any recipe
+# (224-518 px), far below what exhausts memory on the first batch.
+MAX_VIEW_SIDE = 1024
+
+
+def _validate_image_sides(config: RunConfig) -> None:
+    sides = {
+        "data.image_size": config.data.image_size,
+        "data.memory_side": config.data.memory_side,
+        "probe.image_size": config.probe.image_size,
+        "finetune.image_size": config.finetune.image_size,
+        "method.teacher_image_size": getattr(config.method, "teacher_image_size", None),
+    }
+    for key, side in sides.items():
+        if side is not None and not 1 <= side <= MAX_VIEW_SIDE:
+            raise ConfigError(
+                f"config key '{key}' is {side}; image sides must be between 1 and "
+                f"{MAX_VIEW_SIDE} pixels"
+            )
 
 
 def _validate_loading(config: RunConfig) -> None:

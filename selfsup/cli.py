@@ -136,14 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_checkpoint_verify)
     export = checkpoint_commands.add_parser(
         "export",
-        help="write the backbone as a weights-only .pt (any engine)",
+        help="write the backbone as a weights-only .pt or safetensors file (any engine)",
         description="Consolidate the backbone weights of a checkpoint (single, DDP or DeepSpeed "
-        "ZeRO 1-3) into one file that loads with torch.load(weights_only=True); `selfsup probe` "
-        "accepts it. OUT must not exist (--force replaces it).",
+        "ZeRO 1-3) into one file that loads with torch.load(weights_only=True), or a "
+        "safetensors file (timm and safetensors read it without selfsup); `selfsup probe` "
+        "accepts both. OUT must not exist (--force replaces it).",
     )
     export.add_argument("path", help="checkpoints/step_* folder or run directory (newest)")
-    export.add_argument("out", help="output file, e.g. backbone.pt")
+    export.add_argument("out", help="output file, e.g. backbone.pt or backbone.safetensors")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.add_argument(
+        "--format",
+        choices=["pt", "safetensors"],
+        help="file format (default: safetensors for a .safetensors OUT, else pt)",
+    )
     export.set_defaults(func=cmd_checkpoint_export)
     checkpoint.set_defaults(func=lambda args: _print_help(checkpoint))
 
@@ -257,11 +263,15 @@ def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_probe(args: argparse.Namespace) -> int:
     from selfsup.eval.probe import probe, probe_config_for
     from selfsup.eval.report import write_report
+    from selfsup.pipelines.checkpoint.run_dir import find_run_dir, read_summary
 
     overrides = _evaluation_overrides(args)
     if args.no_baseline:
         overrides.append("baseline=false")
     settings = probe_config_for(Path(args.path), overrides)
+    run_dir = find_run_dir(Path(args.path))
+    if run_dir is not None:
+        read_summary(run_dir)  # a damaged summary is named before minutes of probing
     outcome = probe(args.path, settings, device=args.device)
     out_dir = Path(args.out) if args.out else (outcome.info.run_dir or Path(args.path).parent)
     report = write_report(outcome, out_dir)
@@ -365,6 +375,7 @@ def _add_sparsity_commands(commands: Any) -> None:
     prune.add_argument("--target", type=float, required=True, help="share of zeros, e.g. 0.5")
     prune.add_argument("--pattern", default="unstructured", help="unstructured | 2:4 | block")
     prune.add_argument("--out", help="output .pt (default: <run>/pruned-<pattern>-<target>.pt)")
+    prune.add_argument("--force", action="store_true", help="replace the output file if it exists")
     prune.add_argument(
         "--recover-steps", type=int, default=0,
         help="then distil the dense model into the pruned one for N steps",
@@ -401,10 +412,12 @@ def _next_to_source(source: str, name: str) -> Path:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from selfsup.eval.prune import prune_backbone, recover, sparsity_settings
+    from selfsup.pipelines.checkpoint.tools import check_export_target
 
     settings = sparsity_settings(args.target, args.pattern)
     tag = f"{args.pattern.replace(':', 'of')}-{round(100 * args.target)}"
     out = Path(args.out) if args.out else _next_to_source(args.source, f"pruned-{tag}.pt")
+    check_export_target(out, args.force)  # nothing replaced unasked, no file of the run
     pruned = prune_backbone(args.source, settings, out)
     print(f"wrote {out}: {100 * pruned.overall:.2f}% zeros over {len(pruned.layers)} layers")
     if args.recover_steps > 0:
@@ -454,7 +467,7 @@ def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
 def cmd_checkpoint_export(args: argparse.Namespace) -> int:
     from selfsup.pipelines.checkpoint.tools import export_backbone
 
-    info = export_backbone(args.path, args.out, force=args.force)
+    info = export_backbone(args.path, args.out, force=args.force, file_format=args.format)
     print(
         f"wrote {args.out}: {info.name} backbone ({info.source}) from {info.origin}, "
         f"step {info.step}"
@@ -595,16 +608,19 @@ def _print_accuracy_table(report: dict) -> None:
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from selfsup.text import printable
 
     table = Table()
     for column in header:
         justify: Literal["left", "right"] = "left" if column in ("dataset", "run") else "right"
-        table.add_column(column, justify=justify, no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
+        table.add_column(Text(printable(column)), justify=justify, no_wrap=True)
+    for row in rows:  # Text, not markup: names from files never style or link anything
+        table.add_row(*(Text(printable(cell)) for cell in row))
     # A wide virtual console: the table takes its natural width instead of
     # wrapping cells when stdout is a pipe or a log file.
-    print(title)
+    print(printable(title))
     Console(width=250).print(table)
 
 

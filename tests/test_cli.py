@@ -116,7 +116,7 @@ def test_unreadable_image_is_named(capsys, tmp_path, datagen, tiny_overrides, wo
     [
         (lambda p: p / "missing_run", "does not exist"),
         (lambda p: p, "is not a selfsup run directory or checkpoint"),
-        (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "not a torch weights file"),
+        (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "is not a weights file"),
     ],
 )
 def test_probe_bad_paths(capsys, tmp_path, make, fragment):
@@ -128,6 +128,7 @@ def test_report_lists_a_run_not_yet_evaluated(capsys, tmp_path):
     from selfsup.pipelines.config import RunConfig, save_config
 
     save_config(RunConfig(), tmp_path / "config.yaml")  # a run directory, not yet probed
+    (tmp_path / "selfsup-run.json").write_text('{"format": "selfsup.run/1"}')
     code, out, err = run_cli(capsys, "report", str(tmp_path))
     assert code == 0, err
     assert f"{tmp_path.name}: not evaluated yet: run `selfsup probe {tmp_path.name}`" in out

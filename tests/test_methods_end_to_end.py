@@ -123,7 +123,8 @@ def test_masked_runs_resume_bitwise_with_images_on(recipe, tiny_overrides, tmp_p
     resumed = tmp_path / "b"  # starts from a's step-3 checkpoint, as after a crash
     shutil.copytree(straight / "checkpoints" / "step_000000003",
                     resumed / "checkpoints" / "step_000000003")  # fmt: skip
-    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+    for name in ("config.yaml", "selfsup-run.json"):
+        shutil.copy(straight / name, resumed / name)
     assert main(["train", config, *overrides, f"run_dir={resumed}"]) == 0
     assert "resuming from checkpoint" in (resumed / "train.log").read_text()
     a = torch.load(straight / "backbone.pt", weights_only=True)["state_dict"]

@@ -86,6 +86,11 @@ def test_exported_sparse_weights_load_into_plain_torchvision_and_timm_modules(
     plain.load_state_dict(exported_trunk(run))  # strict: the library's own keys
     share = float((plain.layer3[0].conv2.weight == 0).float().mean())
     assert share == pytest.approx(0.75, abs=1e-3)
+    # backbone.safetensors: the same weights, read by safetensors alone, the same features.
+    from safetensors.torch import load_file
+
+    plain.load_state_dict(load_file(run / "backbone.safetensors"))
+    assert_same_features(plain, load_backbone(run)[0])
 
     import timm
 
@@ -96,12 +101,24 @@ def test_exported_sparse_weights_load_into_plain_torchvision_and_timm_modules(
     )  # fmt: skip
     plain_vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=4)
     plain_vit.load_state_dict(exported_trunk(vit))
+    # timm's own pretrained-file loading reads backbone.safetensors: the same features.
+    from_timm = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=32, patch_size=4,
+        pretrained_cfg_overlay={"file": str(vit / "backbone.safetensors")},
+    )  # fmt: skip
+    assert_same_features(from_timm, load_backbone(vit)[0])
     linears = [m for n, m in plain_vit.blocks.named_modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 12 * 4  # qkv, proj, fc1, fc2 per block
     for layer in linears:
         groups = layer.weight.reshape(layer.weight.shape[0], -1, 4)
         assert int((groups == 0).sum(-1).min()) >= 2
     assert int((plain_vit.patch_embed.proj.weight == 0).sum()) == 0
+
+
+def assert_same_features(plain: torch.nn.Module, ours: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), ours.eval()(x))
 
 
 @pytest.mark.parametrize(

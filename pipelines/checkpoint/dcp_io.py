@@ -30,6 +30,7 @@ from selfsup import safe_pickle
 from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint.untrusted import carries_code, torch_value, weights_only_load
 from selfsup.safe_pickle import CodeInPickle
+from selfsup.ssl.sparsity import MASK_SUFFIX
 
 # DCP reports read failures as CheckpointException, which derives from BaseException.
 DCP_ERRORS = (Exception, CheckpointException)
@@ -71,6 +72,23 @@ def check_shards_present(path: Path) -> None:
 def stored_keys(path: Path) -> dict[str, Any]:
     """Flattened key -> tensor metadata (size, dtype) of a DCP checkpoint."""
     return dict(read_dcp_metadata(path).state_dict_metadata)
+
+
+def check_mask_entries(path: Path) -> None:
+    """Sparsity masks are stored as bool: refuse a mask of another type (one line).
+
+    A mask rewritten as floats (say -0.25 and 7.25) would be cast to True on
+    load: the layer would become dense without a word. Shapes are DCP's own check.
+    """
+    if not (path / METADATA_FILE).is_file():
+        return  # DeepSpeed: checked where its files are read
+    for key, entry in stored_keys(path).items():
+        dtype = getattr(getattr(entry, "properties", None), "dtype", None)
+        if key.endswith(MASK_SUFFIX) and dtype != torch.bool:
+            raise CheckpointError(
+                f"checkpoint {path} stores sparsity mask {key} as {dtype}, not bool: the "
+                "checkpoint was altered; delete it to resume from the one before"
+            )
 
 
 def read_dcp_metadata(path: Path) -> Any:

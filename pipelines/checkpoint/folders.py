@@ -45,15 +45,34 @@ def read_meta(path: Path) -> dict[str, Any]:
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{meta_path} is corrupt ({exc}); delete {path}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is not a mapping: the checkpoint is damaged")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    missing = [key for key in REQUIRED_META if not isinstance(meta.get(key), int)]
-    if missing:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r:.40}, expected {FORMAT!r}")
+    problems = [f"{key} {meta.get(key)!r:.30}" for key, (low, high) in META_RANGES.items()
+                if not _int_within(meta.get(key), low, high)]  # fmt: skip
+    if problems:
         raise CheckpointError(
-            f"{meta_path} lacks {', '.join(missing)} (or they are not integers): the checkpoint "
-            f"is damaged; delete {path} to resume from the one before"
+            f"{meta_path} lacks {', '.join(REQUIRED_META)} as integers in range (it has "
+            f"{'; '.join(problems)}): the checkpoint is damaged; delete {path} to resume from "
+            "the one before"
+        )
+    from selfsup.pipelines.runtime.engines import ENGINES  # here: engines read checkpoints
+
+    if meta.get("engine", "single") not in ENGINES.names():
+        raise CheckpointError(
+            f"{meta_path} names engine {meta.get('engine')!r:.30}, none of "
+            f"{', '.join(ENGINES.names())}: the checkpoint is damaged"
         )
     return meta
+
+
+# What meta.json's counters may be: a checkpoint of 10**30 steps is damage, not a run.
+META_RANGES = {"step": (0, 10**12), "epoch": (0, 10**9), "world_size": (1, 1 << 20)}
+
+
+def _int_within(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -65,20 +84,39 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def find_latest(directory: Path) -> Path | None:
-    """The newest complete checkpoint, trusting ``latest`` only if it points at one."""
+    """The newest complete checkpoint, trusting ``latest`` only if it names one.
+
+    ``latest`` is read only as a plain file of a few bytes naming a step folder
+    of this directory (never a link, never ../other_run); anything else is
+    ignored with a warning that does not echo its contents, and the folder
+    is scanned.
+    """
     pointer = directory / LATEST_FILE
-    if pointer.is_file():
-        name = pointer.read_text(errors="replace").strip()
-        target = directory / name
-        # Only a step folder of this directory: never ../other_run/... or an absolute path.
-        if STEP_DIR.match(name) and is_complete(target):
-            newest = list_checkpoints(directory)
-            # A crash between the rename and the pointer update leaves a newer
-            # complete checkpoint than the pointer names: take the newer one.
-            return newest[-1] if newest and newest[-1].name > target.name else target
-        log.warning("%s names %s, which is not a complete checkpoint; scanning", pointer, target)
+    name = _pointer_name(pointer)
+    if name is not None and is_complete(directory / name):
+        newest = list_checkpoints(directory)
+        # A crash between the rename and the pointer update leaves a newer
+        # complete checkpoint than the pointer names: take the newer one.
+        return newest[-1] if newest and newest[-1].name > name else directory / name
+    if name is not None:
+        log.warning("%s names %s, which is not a complete checkpoint; scanning", pointer, name)
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def _pointer_name(pointer: Path) -> str | None:
+    """The step folder ``latest`` names; None (with a warning if it exists) when it names none."""
+    if not pointer.exists() and not pointer.is_symlink():
+        return None
+    if pointer.is_symlink() or not pointer.is_file():
+        log.warning("%s is not a plain file; ignored (scanning for the newest checkpoint)", pointer)
+        return None
+    with pointer.open("rb") as fh:
+        name = fh.read(64).decode("ascii", errors="replace").strip()
+    if not STEP_DIR.match(name):
+        log.warning("%s does not name a step folder; ignored (scanning)", pointer)
+        return None
+    return name
 
 
 def step_of(path: Path) -> int:

@@ -143,8 +143,8 @@ class CheckpointManager:
             fsync_file(own_rng)
             engine.barrier()  # every rank's files are on disk
             if engine.is_main:
-                write_manifest(tmp)  # before the commit marker: a complete checkpoint has one
                 (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=1))
+                write_manifest(tmp)  # last, covering meta.json: the rename below commits both
                 fsync_tree(tmp)
         except (OSError, CheckpointException) as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the newest
@@ -164,17 +164,22 @@ class CheckpointManager:
         cause = find_cause(exc, OSError)
         previous = list_checkpoints(self.directory)
         if cause is not None and cause.errno == errno.ENOSPC:
+            if not previous:  # the first checkpoint: nothing to resume from yet
+                return CheckpointError(
+                    f"no space left on device writing the first checkpoint into "
+                    f"{self.directory}; free space there (or choose a run_dir on a larger "
+                    "disk) and rerun: training starts over, as no checkpoint was written"
+                )
             needed = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
-            size = f"about {needed / 2**20:.0f} MiB, the size of the last one" if previous else ""
             return CheckpointError(
-                f"no space left on device writing a checkpoint into {self.directory}"
-                + (f" (it needs {size})" if size else "")
-                + "; free space there or lower checkpoint.keep_last, then rerun to resume"
-                + (f" from {previous[-1]}" if previous else "")
+                f"no space left on device writing a checkpoint into {self.directory} (it needs "
+                f"about {needed / 2**20:.0f} MiB, the size of the last one, while the last one "
+                "is kept); free that much there (or move the run to a larger disk), then rerun "
+                f"to resume from {previous[-1]}"
             )
         return CheckpointError(
             f"writing a checkpoint into {self.directory} failed ({one_line(cause or exc)}); "
-            "the previous checkpoint is untouched"
+            + ("the previous checkpoint is untouched" if previous else "no checkpoint was written")
         )
 
     def _meta(self) -> dict[str, Any]:

@@ -7,12 +7,14 @@ Layout::
     <run_dir>/checkpoints/     see selfsup.pipelines.checkpoint.manager
     <run_dir>/tb/              TensorBoard event files
     <run_dir>/backbone.pt      final backbone weights (weights-only file)
+    <run_dir>/backbone.safetensors  the same weights as safetensors
     <run_dir>/summary.json     steps, time, throughput, final loss
     <run_dir>/report.{json,md} probe results (selfsup probe)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -20,6 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from selfsup.atomic import write_atomic
 from selfsup.errors import ConfigError
 from selfsup.logs import log_to_file
 from selfsup.pipelines.checkpoint.folders import list_checkpoints
@@ -31,7 +34,12 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
+# selfsup's own marker: a folder is a run directory when it holds this file
+# (runs of earlier versions: config.yaml together with train.log).
+RUN_MARKER = "selfsup-run.json"
+RUN_FORMAT = "selfsup.run/1"
 BACKBONE_FILE = "backbone.pt"
+BACKBONE_SAFETENSORS = "backbone.safetensors"  # the same weights in a format carrying no code
 SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
 
@@ -68,13 +76,14 @@ BEFORE_FIRST_START = re.compile(
 )
 # Files a run directory owns at its top level (nothing else may write them).
 RUN_DIR_FILES = (
-    CONFIG_FILE, LOG_FILE, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json", "loss.png",
+    RUN_MARKER, CONFIG_FILE, LOG_FILE, BACKBONE_FILE, BACKBONE_SAFETENSORS, SUMMARY_FILE,
+    "report.md", "report.json", "loss.png",
 )  # fmt: skip
 # What a fresh start with checkpoint.overwrite moves aside: the whole earlier run
 # but the log (which the new start is writing, and which keeps every start's lines).
 RUN_OUTPUTS = (
-    CONFIG_FILE, CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, SUMMARY_FILE, "report.md", "report.json",
-    "loss.png", "finetune",
+    RUN_MARKER, CONFIG_FILE, CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, BACKBONE_SAFETENSORS,
+    SUMMARY_FILE, "report.md", "report.json", "loss.png", "finetune",
 )  # fmt: skip
 
 
@@ -85,7 +94,12 @@ def check_run_dir(config: RunConfig, resuming: bool) -> None:
         return
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir {run_dir} is a file; choose a folder (run_dir=... or name=...)")
-    if not (run_dir / CONFIG_FILE).is_file():
+    if (run_dir / CONFIG_FILE).is_file() and not is_run_dir(run_dir):
+        raise ConfigError(
+            f"run_dir {run_dir} holds a {CONFIG_FILE} that is not a selfsup run's (no "
+            f"{RUN_MARKER}); choose a new or empty folder (run_dir=... or name=...)"
+        )
+    if not is_run_dir(run_dir):
         names = (p.name for p in run_dir.iterdir())
         strangers = sorted(n for n in names if not BEFORE_FIRST_START.match(n))
         if strangers:
@@ -172,6 +186,8 @@ def commit_run_config(config: RunConfig, resuming: bool, is_main: bool = True) -
         if not resuming and config.checkpoint.overwrite:
             move_earlier_run_aside(run_dir)
         save_config(config, saved_path)
+        if not (run_dir / RUN_MARKER).is_file():
+            write_atomic(run_dir / RUN_MARKER, json.dumps({"format": RUN_FORMAT}) + "\n")
 
 
 def run_log_file(run_dir: Path, enabled: bool = True) -> AbstractContextManager[None]:
@@ -179,9 +195,47 @@ def run_log_file(run_dir: Path, enabled: bool = True) -> AbstractContextManager[
     return log_to_file(run_dir / LOG_FILE, enabled=enabled)
 
 
+# summary.json's fields, each with the types a reader accepts (None: not recorded).
+SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int, type(None)), "total_steps": (int, type(None)),
+    "final_loss": (int, float, type(None)),
+}  # fmt: skip
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's ``summary.json`` ({} before the run finished); one line when it is damaged."""
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON ({type(exc).__name__}); it is damaged: delete it (the run "
+            "rewrites it when it finishes)"
+        ) from None
+    wrong = [key for key, kinds in SUMMARY_TYPES.items()
+             if isinstance(summary, dict) and (not isinstance(summary.get(key), kinds)
+                                               or isinstance(summary.get(key), bool))]  # fmt: skip
+    if not isinstance(summary, dict) or wrong:
+        raise ConfigError(
+            f"{path} is not a run summary (wrong {', '.join(wrong) or 'shape'}); it is damaged: "
+            "delete it (the run rewrites it when it finishes)"
+        )
+    return summary
+
+
 def find_run_dir(path: Path) -> Path | None:
     """The run directory ``path`` is, or sits in (a checkpoint folder, a backbone file)."""
     for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / CONFIG_FILE).is_file():
+        if is_run_dir(candidate):
             return candidate
     return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """``path`` is a selfsup run directory: it holds the marker (or, from earlier versions,
+    a config.yaml together with a train.log)."""
+    if (path / RUN_MARKER).is_file():
+        return True
+    return (path / CONFIG_FILE).is_file() and (path / LOG_FILE).is_file()

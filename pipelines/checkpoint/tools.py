@@ -30,6 +30,7 @@ from selfsup.pipelines.checkpoint.weights import (
     BackboneInfo,
     load_backbone,
     load_backbone_file,
+    read_weights_file,
     save_backbone,
 )
 
@@ -105,8 +106,10 @@ class CheckpointSummary:
         check = self.integrity
         if not check.recorded:
             return "not recorded (no manifest.json: written by an older selfsup)"
+        if check.signature_problem:
+            return f"REFUSED: {check.signature_problem}"
         if check.ok:
-            return "every file matches its size and SHA-256 in manifest.json"
+            return f"every file matches its size and SHA-256 in manifest.json; {check.signature}"
         return f"DAMAGED: {check.problem()}; delete it to resume from the one before"
 
 
@@ -119,6 +122,7 @@ def refuse_code(folder: Path) -> None:
     """
     if (folder / dcp_io.METADATA_FILE).is_file():
         dcp_io.check_byte_entries(folder)
+        dcp_io.check_mask_entries(folder)
     for file in sorted(folder.glob("rng_rank*.pt")):
         load_tensor_file(file, "RNG state file")
     for file in deepspeed_files(folder):
@@ -207,7 +211,9 @@ def verify_checkpoint(path: str | Path) -> str:
         )
     check.raise_if_damaged()
     refuse_code(folder)
-    return f"{folder}: intact ({check.files} files match their sizes and SHA-256)"
+    return (
+        f"{folder}: intact ({check.files} files match their sizes and SHA-256; {check.signature})"
+    )
 
 
 def check_export_target(out: Path, force: bool) -> None:
@@ -228,8 +234,13 @@ def check_export_target(out: Path, force: bool) -> None:
         raise CheckpointError(f"{out} exists; pass --force to replace it, or choose another path")
 
 
-def export_backbone(path: str | Path, out: str | Path, force: bool = False) -> BackboneInfo:
-    """Write the backbone of any checkpoint (or run) as a weights-only ``.pt`` file."""
+def export_backbone(
+    path: str | Path, out: str | Path, force: bool = False, file_format: str | None = None
+) -> BackboneInfo:
+    """Write the backbone of any checkpoint (or run) as a ``.pt`` or safetensors file.
+
+    ``file_format`` None: from ``out``'s suffix (``.safetensors``, else ``pt``).
+    """
     out = Path(out)
     check_export_target(out, force)
     source = Path(path)
@@ -238,8 +249,8 @@ def export_backbone(path: str | Path, out: str | Path, force: bool = False) -> B
     backbone, info = load_backbone(source)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_backbone(out, {k: v for k, v in backbone.trunk.state_dict().items()}, info)
-    except OSError as exc:  # unwritable, full disk: the temporary file is gone already
+    except OSError as exc:
         raise CheckpointError(f"cannot write {out}: {one_line(exc)}") from None
-    torch.load(out, weights_only=True)  # what was written reads back as plain weights
+    save_backbone(out, dict(backbone.trunk.state_dict()), info, file_format)
+    read_weights_file(out)  # what was written reads back as plain weights
     return info

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -20,7 +21,7 @@ from typing import IO, Any
 import torch
 
 from selfsup import safe_pickle
-from selfsup.errors import CheckpointError, one_line
+from selfsup.errors import CheckpointError
 from selfsup.safe_pickle import CodeInPickle, every_torch_load_weights_only
 
 
@@ -57,13 +58,24 @@ def _code_in_bare_pickle(path: Path) -> CodeInPickle | None:
     return None
 
 
+def unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only reader stumbled on, without its advice to load unsafely."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.S)
+    reason = found.group(1) if found else str(exc).split("\n")[-1]
+    if "weights_only" in reason or not reason.strip():
+        reason = "not a pickle of tensors"
+    return " ".join(reason.split())[:120]
+
+
 def weights_only_load(source: Path | IO[bytes], map_location: str | None = None) -> Any:
     """``torch.load(source, weights_only=True)``; :class:`CodeInPickle` for a refused global.
 
     Any other unpickling error (damaged bytes) propagates as it is.
     """
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol N": a second line, no news
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         code = refused_global(exc)
         if code is None and isinstance(source, Path):
@@ -84,7 +96,8 @@ def load_tensor_file(path: Path, what: str) -> Any:
         raise carries_code(path, exc) from None
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} is not a readable {what} ({one_line(exc)}): it is damaged or of another format"
+            f"{path} is not a readable {what} ({unpickling_reason(exc)}): it is damaged or of "
+            "another format"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated zip, not torch's
         raise CheckpointError(

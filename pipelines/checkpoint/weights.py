@@ -3,14 +3,20 @@
 ``backbone.pt`` holds only tensors, strings and numbers, so it loads with
 ``torch.load(weights_only=True)``: opening it cannot run code. Its
 ``state_dict`` uses the library's own parameter names (torchvision or timm).
+``backbone.safetensors`` holds the same tensors in the format that cannot
+carry code at all, with the header as safetensors metadata (``format`` and
+``selfsup``, a JSON string); timm (``pretrained_cfg_overlay=dict(file=...)``)
+and ``safetensors.torch.load_file`` read it without selfsup.
 
 :func:`load_backbone` accepts a run directory, a checkpoint folder
-(``checkpoints/step_*``) or a ``backbone.pt`` file.
+(``checkpoints/step_*``) or a backbone file of either format.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,18 +24,25 @@ from typing import Any
 import torch
 
 from selfsup.atomic import write_atomic
-from selfsup.errors import CheckpointError
+from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint import dcp_io, folders
 from selfsup.pipelines.checkpoint.manifest import require_intact
-from selfsup.pipelines.checkpoint.run_dir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE
+from selfsup.pipelines.checkpoint.run_dir import (
+    BACKBONE_FILE,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    is_run_dir,
+)
 from selfsup.pipelines.checkpoint.untrusted import (
     deepspeed_reads,
     load_deepspeed_file,
     load_tensor_file,
 )
-from selfsup.pipelines.config import RunConfig, load_saved_config
+from selfsup.pipelines.config import MAX_VIEW_SIDE, RunConfig, load_saved_config
+from selfsup.registry import UnknownName
+from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone, build_backbone
-from selfsup.ssl.sparsity import attach_masks, fold_mask_keys
+from selfsup.ssl.sparsity import MASK_SUFFIX, attach_masks, fold_mask_keys
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +119,86 @@ def weights_header(info: BackboneInfo) -> dict[str, Any]:
     }
 
 
-def save_backbone(path: Path, trunk_state: dict[str, torch.Tensor], info: BackboneInfo) -> None:
-    """Write a weights-only backbone file atomically (``trunk_state``: the library model's keys)."""
-    payload: dict[str, Any] = {
-        "format": FORMAT,
+WEIGHTS_FILE_FORMATS = ("pt", "safetensors")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def save_backbone(
+    path: Path,
+    trunk_state: dict[str, torch.Tensor],
+    info: BackboneInfo,
+    file_format: str | None = None,
+) -> None:
+    """Write a backbone file atomically (``trunk_state``: the library model's keys).
+
+    ``file_format``: ``pt`` or ``safetensors``; None: ``safetensors`` for a
+    ``.safetensors`` path, else ``pt``.
+    """
+    file_format = file_format or ("safetensors" if path.suffix == SAFETENSORS_SUFFIX else "pt")
+    header: dict[str, Any] = {
         **weights_header(info),
         "step": info.step if info.step is not None else -1,
         "seed": info.seed,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in trunk_state.items()},
     }
-    write_atomic(path, lambda fh: torch.save(payload, fh))
+    # Contiguous copies: safetensors refuses views and shared storage.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in trunk_state.items()}
+    if file_format not in WEIGHTS_FILE_FORMATS:
+        raise CheckpointError(
+            f"unknown weights file format {file_format!r}; choose one of "
+            f"{', '.join(WEIGHTS_FILE_FORMATS)}"
+        )
+    try:
+        if file_format == "safetensors":
+            from safetensors.torch import save
+
+            metadata = {"format": FORMAT, "selfsup": json.dumps(header)}
+            write_atomic(path, save(state, metadata=metadata))
+        else:
+            payload = {"format": FORMAT, **header, "state_dict": state}
+            write_atomic(path, lambda fh: torch.save(payload, fh))
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as either
+        raise CheckpointError(f"cannot write {path}: {write_failure(path, exc)}") from None
+
+
+def write_failure(path: Path, exc: BaseException) -> str:
+    """Why writing ``path`` failed, in words (a full disk named as one); nothing is left."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif shutil.disk_usage(path.parent).free < 1 << 20:
+        reason = "No space left on device"
+    else:
+        reason = one_line(exc)[:160]
+    return f"{reason}; nothing was written: free space or choose another path"
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors backbone file as the payload a ``.pt`` one holds (header + state_dict)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as opened:
+            metadata = opened.metadata() or {}
+            state = {key: opened.get_tensor(key) for key in opened.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({one_line(exc)}): it is damaged or "
+            "truncated"
+        ) from None
+    try:
+        header = json.loads(metadata["selfsup"])
+        if not isinstance(header, dict):
+            raise TypeError("not a mapping")
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(
+            f"{path} holds no selfsup header (safetensors metadata 'selfsup'); export one with "
+            "`selfsup checkpoint export --format safetensors`"
+        ) from None
+    return {**header, "format": metadata.get("format"), "state_dict": state}
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
 def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
@@ -130,7 +213,7 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
         return load_backbone_file(path)
     if (path / folders.META_FILE).is_file():
         return _load_from_checkpoint(path, run_dir=path.parent.parent)
-    if (path / CONFIG_FILE).is_file():
+    if is_run_dir(path):
         if (path / BACKBONE_FILE).is_file():
             return load_backbone_file(path / BACKBONE_FILE, run_dir=path)
         latest = folders.find_latest(path / CHECKPOINT_DIR)
@@ -144,30 +227,33 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
 
 
 def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbone, BackboneInfo]:
-    """Load a weights-only backbone file; code-carrying pickles are refused."""
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    # torch.save writes a zip archive; older tools a bare pickle (protocol >= 2 starts with 0x80).
-    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise CheckpointError(
-            f"{path} is not a torch weights file (neither a zip archive nor a pickle); pass a "
-            "run directory, a checkpoints/step_* folder or a backbone .pt file"
-        )
-    payload = load_tensor_file(path, "torch weights file")
+    """Load a backbone file (``.pt`` or safetensors); code-carrying pickles are refused."""
+    payload = read_weights_file(path)
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind not in (FORMAT, CLASSIFIER_FORMAT):
         raise CheckpointError(
             f"{path} is not a selfsup backbone file (expected format {FORMAT!r}); "
             "export one with `selfsup checkpoint export`"
         )
-    state = payload["state_dict"]
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no valid state_dict (tensors by name): it is damaged")
     if kind == CLASSIFIER_FORMAT:  # knowingly: the classifier's backbone, its head dropped
         log.info("%s is a fine-tuned classifier: using its backbone, without its head", path)
         state = {k[len(CLASSIFIER_TRUNK) :]: v for k, v in state.items()
                  if k.startswith(CLASSIFIER_TRUNK)}  # fmt: skip
     info = info_from_header(payload, str(path), run_dir)
-    backbone = info.build()
-    result = backbone.trunk.load_state_dict(state, strict=False)
+    try:
+        backbone = info.build()
+    except (UnknownName, ArgumentError) as exc:
+        raise CheckpointError(f"{path} has a header naming no buildable backbone: {exc}") from None
+    try:
+        result = backbone.trunk.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes of another architecture than the header says
+        raise CheckpointError(
+            f"{path} does not hold the {info.name} backbone its header names "
+            f"({one_line(exc)[:200]})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path} does not match a {info.name} backbone (missing: "
@@ -177,23 +263,64 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
     return backbone, info
 
 
+def read_weights_file(path: Path) -> Any:
+    """The payload of a backbone or classifier file, ``.pt`` or safetensors (one-line errors)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror})") from None
+    if _is_safetensors(head):
+        return _read_safetensors(path)
+    # torch.save writes a zip archive; older tools a bare pickle (protocol >= 2 starts with 0x80).
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a weights file (not a torch zip archive, a pickle or safetensors); "
+            "pass a run directory, a checkpoints/step_* folder or a backbone file"
+        )
+    return load_tensor_file(path, "torch weights file")
+
+
 def info_from_header(payload: dict[str, Any], origin: str, run_dir: Path | None) -> BackboneInfo:
-    """The backbone a weights file's header (:func:`weights_header`) describes."""
-    spec = payload["backbone"]
-    return BackboneInfo(
-        name=spec["name"],
-        source=spec["source"],
-        cifar_stem=bool(spec["cifar_stem"]),
-        patch_size=spec["patch_size"] if spec.get("patch_size", -1) > 0 else None,
-        pool=spec.get("pool", "token"),
-        image_size=int(payload["image_size"]),
-        mean=list(payload["mean"]),
-        std=list(payload["std"]),
-        step=int(payload["step"]) if payload.get("step", -1) >= 0 else None,
-        origin=origin,
-        run_dir=run_dir,
-        seed=int(payload.get("seed", 0)),
-    )
+    """The backbone a weights file's header (:func:`weights_header`) describes (one line if bad)."""
+    try:
+        spec = payload["backbone"]
+        patch = spec.get("patch_size", -1)
+        info = BackboneInfo(
+            name=_typed(spec["name"], str),
+            source=_typed(spec["source"], str),
+            cifar_stem=_typed(spec["cifar_stem"], bool),
+            patch_size=_typed(patch, int) if patch is not None and patch > 0 else None,
+            pool=_typed(spec.get("pool", "token"), str),
+            image_size=_typed(payload["image_size"], int),
+            mean=[float(_typed(v, float)) for v in payload["mean"]],
+            std=[float(_typed(v, float)) for v in payload["std"]],
+            step=int(payload["step"]) if _typed(payload.get("step", -1), int) >= 0 else None,
+            origin=origin,
+            run_dir=run_dir,
+            seed=_typed(payload.get("seed", 0), int),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{origin} has a damaged header ({type(exc).__name__}: {one_line(exc)[:120]}); "
+            "export the weights again with `selfsup checkpoint export`"
+        ) from None
+    if not 1 <= info.image_size <= MAX_VIEW_SIDE or len(info.mean) != 3 or len(info.std) != 3:
+        raise CheckpointError(
+            f"{origin} has a damaged header (image_size {info.image_size}, {len(info.mean)} "
+            f"means, {len(info.std)} stds); export the weights again"
+        )
+    return info
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """``value`` when it is of ``kind`` (bools are not ints; ints are floats); TypeError if not."""
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise TypeError(f"{value!r:.40} is not {kind.__name__}")
+    return value
 
 
 def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
@@ -207,6 +334,7 @@ def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, Backbone
         return _load_from_deepspeed(path, backbone), info
     # A sparse run's checkpoint holds each covered weight as original and mask: read
     # them into the same layout, then fold the masks in (plain weights, real zeros).
+    dcp_io.check_mask_entries(path)
     layout = attach_masks(info.build(), config.sparsity) if config.sparsity.enabled else backbone
     wanted = {f"backbone.{k}": v for k, v in layout.state_dict().items()}
     dcp_io.check_model_keys(path, wanted, _backbone_keys(dcp_io.stored_keys(path)))
@@ -245,6 +373,12 @@ def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
             f"cannot consolidate DeepSpeed checkpoint {path} ({type(exc).__name__}: {exc}); "
             "a shard is missing or corrupt"
         ) from exc
+    kinds = {str(v.dtype) for k, v in full.items() if k.endswith(MASK_SUFFIX)}
+    if kinds - {"torch.bool"}:
+        raise CheckpointError(
+            f"{path} stores sparsity masks as {', '.join(sorted(kinds))}, not bool: the "
+            "checkpoint was altered; delete it to resume from the one before"
+        )
     wanted = fold_mask_keys({k: v for k, v in full.items() if k.startswith("backbone.")})
     result = backbone.load_state_dict(
         {k[len("backbone.") :]: v for k, v in wanted.items()}, strict=False

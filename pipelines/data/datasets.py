@@ -16,6 +16,7 @@ a read-only data folder cannot offer.
 from __future__ import annotations
 
 import gzip
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -148,6 +149,11 @@ def take_subset(dataset: ImageDataset, count: int | None, seed: int = 0) -> Imag
     return dataset if indices is None else SubsetDataset(dataset, indices)
 
 
+# The most pixels an image may have, whoever decodes it: PIL's own limit (89.5 M,
+# a 9459 x 9459 image), far above any training image.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
 def read_image(path: str | Path | BinaryIO, name: str | None = None) -> torch.Tensor:
     """Decode an image file to a ``uint8 (3, H, W)`` RGB tensor, or raise :class:`DataError`.
 
@@ -157,8 +163,11 @@ def read_image(path: str | Path | BinaryIO, name: str | None = None) -> torch.Te
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse it outright.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"))
     except Exception as exc:  # PIL raises many types for broken files
         raise DataError(
             f"cannot read image {name or path} ({type(exc).__name__}: {exc}); "

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from selfsup.errors import DataError
 from selfsup.pipelines.data.datasets import (
+    MAX_IMAGE_PIXELS,
     FolderDataset,
     ImageDataset,
     read_image,
@@ -41,23 +42,31 @@ START_OF_SCAN = 0xDA
 
 def device_decodable(data: np.ndarray) -> bool:
     """True for an 8-bit, three-component, Huffman-coded JPEG (read from its frame header)."""
+    frame = device_frame(data)
+    return frame is not None and frame[0] == 8 and frame[3] == 3
+
+
+def device_frame(data: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(precision, height, width, components) of a JPEG a batched decoder reads, else None."""
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return False
+        return None
     position = 2
     while position + 9 < len(data):
         if data[position] != 0xFF:
-            return False
+            return None
         marker = int(data[position + 1])
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker in DEVICE_FRAMES:
-            return int(data[position + 4]) == 8 and int(data[position + 9]) == 3
+            height = (int(data[position + 5]) << 8) | int(data[position + 6])
+            width = (int(data[position + 7]) << 8) | int(data[position + 8])
+            return int(data[position + 4]), height, width, int(data[position + 9])
         if marker in OTHER_FRAMES or marker == START_OF_SCAN:
-            return False
+            return None
         length = (int(data[position + 2]) << 8) | int(data[position + 3])
         position += 2 + length
-    return False
+    return None
 
 
 @dataclass
@@ -90,6 +99,12 @@ def collate_encoded(items: list[EncodedItem]) -> EncodedBatch:
 def _item(data: np.ndarray, label: int, index: int, name: str) -> EncodedItem:
     """Bytes for the device, or the image decoded here when the device cannot take it."""
     if device_decodable(data):
+        _, height, width, _ = device_frame(data) or (0, 0, 0, 0)
+        if height * width > MAX_IMAGE_PIXELS:  # decoded on the device: PIL's limit, checked here
+            raise DataError(
+                f"{name} claims {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                "any image may have (PIL's MAX_IMAGE_PIXELS): it is damaged or hostile; remove it"
+            )
         return EncodedItem(torch.from_numpy(data.copy()), True, label, index, name)
     image = read_image(io.BytesIO(data.tobytes()), name=name)
     return EncodedItem(image, False, label, index, name)

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError
+from selfsup.pipelines.checkpoint.dcp_io import METADATA_FILE, check_mask_entries
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.sparsity import (
@@ -119,3 +120,11 @@ def require_same_sparsity(config: SparsityConfig, path: Path, meta: dict[str, An
             f"checkpoint {path} was trained with {said}, the config asks for {wants}: resume "
             "with the run's own sparsity settings, or train into a new run_dir"
         )
+    if stored and stored.get("schedule") == "one_shot" and stored.get("target") != config.target:
+        raise CheckpointError(
+            f"checkpoint {path} was pruned one-shot to sparsity.target={stored.get('target')}; "
+            f"the config asks for {config.target}, which a resume would never apply: resume "
+            "with the run's own target, or prune its weights with `selfsup prune`"
+        )
+    if stored and (path / METADATA_FILE).is_file():
+        check_mask_entries(path)

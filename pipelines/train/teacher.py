@@ -99,7 +99,14 @@ def teacher_record(teacher: FrozenTeacher) -> dict[str, Any]:
 def require_same_teacher(teacher: FrozenTeacher, checkpoint: Path, meta: dict[str, Any]) -> None:
     """Refuse (one line) to resume a checkpoint trained against other teacher weights."""
     recorded = meta.get(TEACHER_META)
-    if not isinstance(recorded, dict) or recorded.get("sha256") == teacher.sha256:
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} records no teacher (its meta.json lacks a valid "
+            f"'{TEACHER_META}' entry), yet this run distils from method.teacher="
+            f"{teacher.origin}: the checkpoint is damaged or not of a distillation run; resume "
+            "from another checkpoint, or train into a new run_dir"
+        )
+    if recorded["sha256"] == teacher.sha256:
         return
     raise CheckpointError(
         f"checkpoint {checkpoint} was distilled from teacher {recorded.get('origin')} (weights "

@@ -36,6 +36,7 @@ from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
     BACKBONE_FILE,
+    BACKBONE_SAFETENSORS,
     CHECKPOINT_DIR,
     SUMMARY_FILE,
     commit_run_config,
@@ -562,13 +563,14 @@ def _step_flops(config: RunConfig, accum: int) -> float | None:
 
 
 def export_backbone_file(trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
-    """The pretraining export: the backbone's trunk as ``backbone.pt``."""
+    """The pretraining export: the backbone's trunk as ``backbone.pt`` and ``.safetensors``."""
     config, run_dir = trainer.config, trainer.run_dir
     trunk = {
         k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
     }
     info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, trainer.state.step)
     save_backbone(run_dir / BACKBONE_FILE, trunk, info)
+    save_backbone(run_dir / BACKBONE_SAFETENSORS, trunk, info)  # the same, carrying no code
     return run_dir / BACKBONE_FILE
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint.folders import find_latest, list_checkpoints, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.manifest import write_manifest
 from selfsup.pipelines.checkpoint.tools import inspect_checkpoint, verify_checkpoint
 from selfsup.pipelines.config import OptimConfig
 from selfsup.pipelines.runtime.engines import Engine, cpu_engine
@@ -178,6 +179,7 @@ def test_deepspeed_checkpoint_is_refused_by_a_dcp_engine(tmp_path):
     path = save(tmp_path, make(), 1)
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps(meta | {"engine": "deepspeed"}))
+    write_manifest(path)  # the manifest covers meta.json: re-listed, as after a real save
     fresh = make()
     with pytest.raises(CheckpointError, match="written by the DeepSpeed engine; resume it with"):
         manager_for(tmp_path, fresh).load(path)
@@ -228,7 +230,7 @@ def test_latest_never_leads_out_of_the_checkpoint_folder(tmp_path):
 def test_the_manifest_lists_every_file_and_inspect_names_damage(tmp_path):
     path = save(tmp_path, make(), 1)
     listed = json.loads((path / "manifest.json").read_text())["files"]
-    on_disk = {p.name for p in path.iterdir()} - {"manifest.json", "meta.json"}
+    on_disk = {p.name for p in path.iterdir()} - {"manifest.json"}  # meta.json is listed too
     assert set(listed) == on_disk and all(len(e["sha256"]) == 64 for e in listed.values())
     assert inspect_checkpoint(path).intact and "intact" in verify_checkpoint(path)
     shard = next(path.glob("*.distcp"))

@@ -44,6 +44,11 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_overrides, tmp_path):
     with pytest.raises(ConfigError, match="is not a selfsup run directory .*thesis.tex"):
         train(load_config(None, [*tiny_overrides, f"run_dir={mine}"]))
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    # Another tool's config.yaml does not make a folder a run (selfsup-run.json does).
+    (mine / "config.yaml").write_text("lr: 3\n")
+    with pytest.raises(ConfigError, match="holds a config.yaml that is not a selfsup run's"):
+        train(load_config(None, [*tiny_overrides, f"run_dir={mine}"]))
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "thesis.tex"]
     # A SLURM job's folder holds submitit's files before training starts: accepted.
     job = tmp_path / "job"
     job.mkdir()
@@ -51,6 +56,7 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_overrides, tmp_path):
         (job / name).write_text("")
     assert train(load_config(None, [*tiny_overrides, f"run_dir={job}"])).finished
     assert not (job / "selfsup.lock").exists(), "the lock goes with the run"
+    assert (job / "selfsup-run.json").is_file()
 
 
 def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_rerun(

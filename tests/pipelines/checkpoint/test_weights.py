@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+from selfsup.cli import main
 from selfsup.errors import CheckpointError
 from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import load_config
@@ -31,9 +32,22 @@ def test_run_dir_checkpoint_and_file_give_the_same_backbone(trained_run):
     from_run, info = load_backbone(trained_run)
     from_ckpt, ckpt_info = load_backbone(trained_run / "checkpoints" / "step_000000006")
     from_file, _ = load_backbone(trained_run / "backbone.pt")
-    assert info.step == ckpt_info.step == 6 and info.run_dir == trained_run
+    from_safetensors, st_info = load_backbone(trained_run / "backbone.safetensors")
+    assert info.step == ckpt_info.step == st_info.step == 6 and info.run_dir == trained_run
     assert torch.equal(features(from_run, x), features(from_ckpt, x))
     assert torch.equal(features(from_run, x), features(from_file, x))
+    assert torch.equal(features(from_run, x), features(from_safetensors, x))
+    assert (st_info.name, st_info.mean, st_info.image_size) == (info.name, info.mean, 32)
+    # export --format safetensors (any suffix), and by suffix; both read back the same.
+    out = trained_run.parent / "exported.weights"
+    export = ["checkpoint", "export", str(trained_run), str(out), "--format", "safetensors"]
+    assert main(export) == 0
+    assert out.read_bytes()[8:9] == b"{"  # a safetensors header, not a zip
+    assert torch.equal(features(load_backbone(out)[0], x), features(from_run, x))
+    by_suffix = trained_run.parent / "b.safetensors"
+    assert main(["checkpoint", "export", str(trained_run / "checkpoints" / "step_000000003"),
+                 str(by_suffix)]) == 0  # fmt: skip
+    assert load_backbone(by_suffix)[1].step == 3
 
 
 def test_backbone_file_is_weights_only(trained_run):
@@ -65,7 +79,7 @@ def test_refusal_names_the_object_a_pickle_asks_for(tmp_path):
     [
         (lambda p: p / "missing", "does not exist"),
         (lambda p: p, "is not a selfsup run directory or checkpoint"),
-        (lambda p: (p / "x.txt").write_text("hello") and p / "x.txt", "not a torch weights file"),
+        (lambda p: (p / "x.txt").write_text("hello") and p / "x.txt", "is not a weights file"),
     ],
 )
 def test_paths_that_are_not_checkpoints(tmp_path, make, message):
@@ -87,5 +101,6 @@ def test_run_without_checkpoint(tmp_path, tiny_overrides):
     run = tmp_path / "empty_run"
     run.mkdir()
     (run / "config.yaml").write_text("name: x\n")
+    (run / "selfsup-run.json").write_text('{"format": "selfsup.run/1"}')
     with pytest.raises(CheckpointError, match="holds no checkpoint yet"):
         load_backbone(run)

@@ -162,3 +162,26 @@ def test_torchcodec_and_torchvisions_decoders_give_the_same_pixels(data_root):
     direct = torchcodec.decode_jpeg(data, mode="RGB")
     for a, b, c in zip(ours, fallback, direct, strict=True):
         assert a.shape[0] == 3 and torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_jpeg_claiming_60000_by_60000_pixels_is_refused_before_any_decode():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.errors import DataError
+    from selfsup.pipelines.data.datasets import read_image
+    from selfsup.pipelines.data.encoded import _item, device_frame
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buffer, format="JPEG")
+    data = np.frombuffer(buffer.getvalue(), dtype=np.uint8).copy()
+    assert device_frame(data) == (8, 16, 16, 3)
+    start = next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xC0)
+    data[start + 5 : start + 9] = [0xEA, 0x60, 0xEA, 0x60]  # height, width = 60000
+    assert device_frame(data) == (8, 60000, 60000, 3)
+    with pytest.raises(DataError, match="big.jpg claims 60000x60000 pixels, more than the"):
+        _item(data, 0, 0, "big.jpg")  # the device path: refused from the header alone
+    with pytest.raises(DataError, match="cannot read image big.jpg .*DecompressionBomb"):
+        read_image(io.BytesIO(data.tobytes()), name="big.jpg")  # the CPU path

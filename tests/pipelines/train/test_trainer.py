@@ -39,7 +39,8 @@ def test_resume_from_a_checkpoint_is_bitwise_exact(tiny_overrides, tmp_path):
     # Run B starts from A's step-3 checkpoint, as after a crash at step 4 or 5.
     b_dir = tmp_path / "b"
     (b_dir / "checkpoints").mkdir(parents=True)
-    shutil.copy(straight.run_dir / "config.yaml", b_dir / "config.yaml")
+    for name in ("config.yaml", "selfsup-run.json"):
+        shutil.copy(straight.run_dir / name, b_dir / name)
     shutil.copytree(
         straight.run_dir / "checkpoints" / "step_000000003",
         b_dir / "checkpoints" / "step_000000003",
