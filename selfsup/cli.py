@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     write.add_argument("--workers", type=int, default=0, help="writer processes (0: one per core)")
     write.add_argument("--limit", type=int, help="write a seeded random subset of this many images")
+    write.add_argument("--force", action="store_true", help="replace OUT if it exists")
     write.set_defaults(func=cmd_data_write)
     inspect = data_commands.add_parser("inspect", help="summarise a .beton")
     inspect.add_argument("beton")
@@ -335,10 +336,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_write(args: argparse.Namespace) -> int:
+    from selfsup.pipelines.checkpoint.tools import check_export_target
     from selfsup.pipelines.data.beton import WriteOptions, write_beton
     from selfsup.pipelines.data.datasets import take_subset
     from selfsup.pipelines.data.sources import detect_dataset, open_dataset
 
+    check_export_target(Path(args.out), args.force)  # nothing replaced unasked
     name = detect_dataset(args.source) if args.dataset == "auto" else args.dataset
     dataset = take_subset(open_dataset(name, args.split, args.source), args.limit)
     options = WriteOptions(

@@ -62,7 +62,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         log_to_stderr(replace=False)
         job = submitit.JobEnvironment()
         run_dir = Path(self.config.get("run_dir") or job.paths.folder)
-        config = config_from_dict({**self.config, "run_dir": str(run_dir)}, source="submitted job")
+        # A requeued job waits for the run directory's lock: its previous instance may
+        # still be writing, or have died on a lost node (stale once a lease has passed).
+        checkpoint = {**self.config.get("checkpoint", {}), "wait_for_lock": True}
+        values = {**self.config, "run_dir": str(run_dir), "checkpoint": checkpoint}
+        config = config_from_dict(values, source="submitted job")
         if restart_count():
             log.info("job %s restarted by SLURM (%d time(s))", job.job_id, restart_count())
         result = train(config)

@@ -346,6 +346,14 @@ CASES |= {
         ],
         "cannot write",
     ),
+    "data write over an existing file": (
+        lambda run, s, b: ["data", "write", str(s), str(_write(s / "d.beton", "keep"))],
+        "exists; pass --force",
+    ),
+    "data write onto a folder": (
+        lambda run, s, b: ["data", "write", str(s), str(s)],
+        "is a folder",
+    ),
     "a missing .beton": (
         _train_over("data.loader=ffcv", "data.beton=/nonexistent/train.beton"),
         "/nonexistent/train.beton",
