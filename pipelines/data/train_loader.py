@@ -130,9 +130,8 @@ def choose_loader(
     loader_key: str = "data.loader",
     beton_key: str = "data.beton",
 ) -> str:
-    """The loader for a setting (``auto``: ``ffcv`` or ``torchvision``, said in a log line)."""
-    if requested in ("torchvision", "memory"):
-        return requested
+    """The loader for a setting: any registered name as it is (checked by the config), or
+    ``auto``: ``ffcv`` or ``torchvision``, said in a log line."""
     if requested == "ffcv":
         require_ffcv()
         if not beton:
@@ -140,7 +139,8 @@ def choose_loader(
                 f"{loader_key}=ffcv needs a .beton file: write one with "
                 f"`selfsup data write SOURCE OUT.beton` and set {beton_key}=OUT.beton"
             )
-        return "ffcv"
+    if requested != "auto":
+        return requested
     if not ffcv_available():
         log.info("%s=auto: ffcv is not installed, using the torchvision loader", loader_key)
         return "torchvision"
