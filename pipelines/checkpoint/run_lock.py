@@ -5,10 +5,11 @@ still writes, a second ``selfsup train`` typed by hand) would delete each
 other's checkpoints. The run's rank 0 holds ``<run_dir>/selfsup.lock`` from
 before it reads a checkpoint until the run ends:
 
-- **Taking it** is one ``open(O_CREAT | O_EXCL)``, atomic on local disks,
-  NFSv3+ and Lustre alike. ``flock``/``fcntl`` locks are not used: on NFS they
-  depend on the lock daemon, and a lock held by a dead node's kernel is never
-  released.
+- **Taking it** is one ``link()`` of a file already holding the holder's
+  record to the lock's name, atomic on local disks, NFS and Lustre alike (it
+  fails when the name exists), so a lock is never seen empty. ``flock`` and
+  ``fcntl`` locks are not used: on NFS they depend on the lock daemon, and a
+  lock held by a dead node's kernel is never released.
 - **The file names its holder** (host, pid, SLURM job id, start) and a
   renewal time, rewritten every quarter lease by a thread of the holder
   (written to a temporary file, then renamed over the lock: readers never see
@@ -27,6 +28,7 @@ before it reads a checkpoint until the run ends:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -159,15 +161,41 @@ class RunLock:
         return self
 
     def _try_create(self) -> bool:
+        """Create the lock, contents included, in one step; False when it exists.
+
+        The contents go to a file of this start's own first, which is then
+        hard-linked to the lock's name: ``link`` fails when the name exists,
+        atomically (NFS and Lustre included), so no reader ever sees an empty
+        lock. Where hard links are not supported, ``O_CREAT | O_EXCL``.
+        """
+        staged = self.path.with_name(f"{LOCK_FILE}.{self.holder.token}.new")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+            with staged.open("w") as fh:
+                fh.write(json.dumps(asdict(self.holder)))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(staged, self.path)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                return self._create_exclusively()
         except OSError as exc:
             raise CheckpointError(
                 f"cannot create the lock file {self.path} ({exc.strerror}): make the run "
                 "directory writable, or choose another run_dir"
             ) from None
+        finally:
+            staged.unlink(missing_ok=True)
+        return True
+
+    def _create_exclusively(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(asdict(self.holder)))
             fh.flush()
