@@ -28,6 +28,7 @@ from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.build import build_model
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
+from selfsup.text import markdown_table
 
 
 def setup(device: torch.device, backbone: str = "resnet50"):
@@ -113,14 +114,16 @@ def main() -> None:
         torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     )
     print(f"{args.backbone} SimCLR + AdamW state, {device}, median of {args.repeat}")
-    print("| operation | selfsup (DCP, atomic) | torch.save/load | ratio |")
-    print("| --- | --- | --- | --- |")
-    for name, ours, plain, unit in (
-        ("save", r["dcp_save"], r["torch_save"], "s"),
-        ("load", r["dcp_load"], r["torch_load"], "s"),
-        ("size", r["dcp_mib"], r["torch_mib"], "MiB"),
-    ):
-        print(f"| {name} | {ours:.2f} {unit} | {plain:.2f} {unit} | {ours / plain:.2f}x |")
+    rows = [
+        [name, f"{ours:.2f} {unit}", f"{plain:.2f} {unit}", f"{ours / plain:.2f}x"]
+        for name, ours, plain, unit in (
+            ("save", r["dcp_save"], r["torch_save"], "s"),
+            ("load", r["dcp_load"], r["torch_load"], "s"),
+            ("size", r["dcp_mib"], r["torch_mib"], "MiB"),
+        )
+    ]
+    header = ["operation", "selfsup (DCP, atomic)", "torch.save/load", "ratio"]
+    print(*markdown_table(header, rows), sep="\n")
 
 
 if __name__ == "__main__":

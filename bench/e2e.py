@@ -42,12 +42,13 @@ from pathlib import Path
 import torch
 from train_step import PlainSimCLR, config_step, sync, time_steps
 
-from selfsup.eval.report import read_scalars
+from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.config import RunConfig, load_config
 from selfsup.pipelines.runtime.engines import compile_mode
 from selfsup.pipelines.train.build import build_model
 from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.train.trainer import train
+from selfsup.text import markdown_header, markdown_row
 
 ROWS = ("ceiling", "lightly-style", "torchvision", "ffcv", "ffcv + gpu decode", "memory")
 LOADER_ROWS = {
@@ -154,7 +155,7 @@ def image_flops(config: RunConfig) -> float | None:
     """Training FLOPs per image (both views, forward and backward)."""
     views, batch, size = config.augment.num_views, config.data.batch_size, config.data.image_size
     flops = count_step_flops(
-        lambda: build_model(config),
+        build_model(config),
         lambda device: [torch.zeros(batch, 3, size, size, device=device)] * views,
     )
     return None if flops is None else flops / batch
@@ -220,14 +221,13 @@ def print_table(name: str, rates: dict[str, float], device: torch.device) -> Non
     peak, flops = peak_flops(device), rates["flops_per_image"]
     ceiling, lightly = rates.get("ceiling"), rates.get("lightly-style")
     print(f"\n{name}: images/s (2 views each), ratio to the ceiling and to the lightly-style loop")
-    print("| row | img/s | vs ceiling | vs lightly-style | MFU |")
-    print("| --- | --- | --- | --- | --- |")
+    print(*markdown_header(["row", "img/s", "vs ceiling", "vs lightly-style", "MFU"]), sep="\n")
     for row, rate in rates.items():
         if row == "flops_per_image":
             continue
         mfu = f"{100 * rate * flops / peak:.1f}%" if peak and flops else "-"
-        print(f"| {row} | {rate:,.1f} | {_ratio(rate, ceiling)} | {_ratio(rate, lightly)} | "
-              f"{mfu} |", flush=True)  # fmt: skip
+        cells = [row, f"{rate:,.1f}", _ratio(rate, ceiling), _ratio(rate, lightly), mfu]
+        print(markdown_row(cells), flush=True)
 
 
 def main() -> None:

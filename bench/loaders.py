@@ -42,6 +42,7 @@ from selfsup.pipelines.config import AugmentConfig
 from selfsup.pipelines.data.augment import BatchAugment
 from selfsup.pipelines.data.loaders import ViewSpec
 from selfsup.pipelines.data.sources import open_dataset
+from selfsup.text import markdown_table
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -216,11 +217,10 @@ def main() -> None:
         else platform.processor() or "cpu"
     )
     print(f"\n{args.image_size} px, batch {args.batch_size}, {args.workers} workers, {device}")
-    print("| pipeline | images/s (2 views each) | vs lightly+torchvision |")
-    print("| --- | --- | --- |")
-    for name, rate in results.items():
-        ratio = f"{rate / base:.2f}x" if base else "-"
-        print(f"| {name} | {rate:,.0f} | {ratio} |")
+    rows = [[name, f"{rate:,.0f}", f"{rate / base:.2f}x" if base else "-"]
+            for name, rate in results.items()]  # fmt: skip
+    header = ["pipeline", "images/s (2 views each)", "vs lightly+torchvision"]
+    print(*markdown_table(header, rows), sep="\n")
     if args.json:
         Path(args.json).write_text(
             json.dumps(

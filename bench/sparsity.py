@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.ssl.sparsity import magnitude_mask
+from selfsup.text import markdown_table
 
 # (name, tokens per image or pixels per image at the layer, in, out)
 VIT_MLP = [("vitb16 fc1", 197, 768, 3072), ("vitb16 fc2", 197, 3072, 768)]
@@ -152,11 +153,10 @@ def main() -> None:
           f"{'bf16' if gpu else 'fp32'}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
     rows = run(args, device)
     other = "2:4 ms" if gpu else "masked-dense ms"
-    print(f"| layer | matmul | dense ms | {other} | dense / {other[:-3]} |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['layer']} | {r['shape']} | {r['dense_ms']:.3f} | {r['other_ms']:.3f} | "
-              f"{r['ratio']:.2f}x |")  # fmt: skip
+    table = [[r["layer"], r["shape"], f"{r['dense_ms']:.3f}", f"{r['other_ms']:.3f}",
+              f"{r['ratio']:.2f}x"] for r in rows]  # fmt: skip
+    header = ["layer", "matmul", "dense ms", other, f"dense / {other[:-3]}"]
+    print(*markdown_table(header, table), sep="\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
 

@@ -51,6 +51,7 @@ from selfsup.pipelines.train.optim import build_optimizer
 from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.train.trainer import optimizer_step
 from selfsup.ssl.outputs import StepOutput
+from selfsup.text import markdown_header, markdown_row
 
 WORKLOADS = ("simclr_r50", "mae_vitb16", "simclr_r18", "distill_r50_r18")
 TWO_VIEWS = ("simclr_r50", "simclr_r18", "distill_r50_r18")
@@ -368,8 +369,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     peak = peak_flops(device)
     print(f"# {name or device.type}, torch {torch.__version__}, compile={args.compile}")
-    print("| workload | batch | selfsup img/s | plain img/s | ratio | selfsup MFU | plain MFU |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    header = ["workload", "batch", "selfsup img/s", "plain img/s", "ratio", "selfsup MFU",
+              "plain MFU"]  # fmt: skip
+    print(*markdown_header(header), sep="\n")
     achieved: dict[str, float] = {}  # selfsup's FLOP/s by workload
     for workload in WORKLOAD_GROUPS.get(args.workload, (args.workload,)):
         batch, flops = sizes(args, workload).batch, step_flops(workload, sizes(args, workload))
@@ -381,11 +383,10 @@ def main() -> None:
         }
         if flops:
             achieved[workload] = flops / seconds["selfsup"]
-        print(
-            f"| {workload} | {batch} | {_rate(rate['selfsup'])} | {_rate(rate['plain'])} | "
-            f"{rate['selfsup'] / rate['plain']:.2f}x | {mfu['selfsup']} | {mfu['plain']} |",
-            flush=True,
-        )
+        ratio = f"{rate['selfsup'] / rate['plain']:.2f}x"
+        cells = [workload, batch, _rate(rate["selfsup"]), _rate(rate["plain"]), ratio,
+                 mfu["selfsup"], mfu["plain"]]  # fmt: skip
+        print(markdown_row(cells), flush=True)
     if {"simclr_r18", "distill_r50_r18"} <= set(achieved):
         share = achieved["distill_r50_r18"] / achieved["simclr_r18"]
         print(f"distillation MFU (teacher FLOPs counted) / student SimCLR MFU: {100 * share:.0f}%")

@@ -48,8 +48,6 @@ from selfsup.ssl.sparsity import SparsityConfig
 
 BASE_KEY = "_base_"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-# Fine-tune recipes (selfsup.eval.finetune runs them; configs/finetune/<name>.yaml sets them).
-FINETUNE_RECIPES = ("head_then_unfreeze", "full", "linear")
 FINETUNE_CROPS = ("pad", "resized")
 
 
@@ -145,6 +143,9 @@ class TrainConfig:
     sync_batchnorm: bool = False  # ddp: BatchNorm statistics over all processes
     zero_stage: int = 2  # deepspeed: ZeRO stage 0-3
     deepspeed_config: str | None = None  # deepspeed: JSON file merged over the generated config
+    # Training hooks to run beyond those their own section turns on (sparsity):
+    # names registered in selfsup.pipelines.train.hooks.HOOKS.
+    hooks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -197,7 +198,8 @@ class FinetuneConfig:
     (the frozen-feature probe of the ``probe:`` section).
     """
 
-    recipe: str = "full"  # head_then_unfreeze | full | linear
+    # head_then_unfreeze | full | linear, or any recipe registered in selfsup.eval.finetune.recipes
+    recipe: str = "full"
     datasets: list[str] = field(default_factory=lambda: ["cifar10", "fashion_mnist"])
     data_path: str | None = None  # root holding the datasets; None: search default places
     image_size: int | None = None  # None: the backbone's training resolution
@@ -292,7 +294,6 @@ def choices() -> dict[str, tuple[Any, ...]]:
         "method.name": METHODS.names(),
         "optim.name": OPTIMIZERS.names(),
         "optim.schedule": SCHEDULES.names(),
-        "finetune.recipe": FINETUNE_RECIPES,
         "finetune.optimizer": OPTIMIZERS.names(),
         "finetune.schedule": SCHEDULES.names(),
         "finetune.crop": FINETUNE_CROPS,

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("overrides", nargs="*", help="finetune.* keys (epochs=5), train.* keys")
     finetune.add_argument("--datasets", help="comma-separated, e.g. cifar10,fashion_mnist")
     finetune.add_argument(
-        "--recipe", help="head_then_unfreeze | full | linear (configs/finetune/) or a .yaml"
+        "--recipe",
+        help="head_then_unfreeze | full | linear (configs/finetune/), a registered one, a .yaml",
     )
     finetune.add_argument("--data", help="root holding the datasets")
     finetune.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -262,8 +263,8 @@ def _evaluation_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from selfsup.eval.probe import probe, probe_config_for
-    from selfsup.eval.report import write_report
+    from selfsup.eval.frozen.probe import probe, probe_config_for
+    from selfsup.eval.reports.report import write_report
     from selfsup.pipelines.checkpoint.run_dir import find_run_dir, read_summary
 
     overrides = _evaluation_overrides(args)
@@ -282,8 +283,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from selfsup.eval.finetune import finetune, load_source, output_dir
-    from selfsup.eval.finetune_settings import finetune_settings
+    from selfsup.eval.finetune.run import finetune, load_source, output_dir
+    from selfsup.eval.finetune.settings import finetune_settings
 
     overrides = _evaluation_overrides(args)
     config = finetune_settings(Path(args.source), args.recipe, overrides)
@@ -301,15 +302,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def result_accuracies(result) -> dict:
     from dataclasses import asdict
 
-    from selfsup.eval.finetune_report import test_accuracies
+    from selfsup.eval.reports.finetune import test_accuracies
 
     return {k: v for k, v in test_accuracies(asdict(result)).items() if v is not None}
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from selfsup.eval.distill_report import distillation_tables
-    from selfsup.eval.finetune_report import read_recipe_reports
-    from selfsup.eval.report import (
+    from selfsup.eval.reports.distill import distillation_tables
+    from selfsup.eval.reports.finetune import read_recipe_reports
+    from selfsup.eval.reports.report import (
         NOT_EVALUATED,
         TRANSFER_HEADER,
         comparison,
@@ -414,8 +415,8 @@ def _next_to_source(source: str, name: str) -> Path:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from selfsup.eval.prune import prune_backbone, recover, sparsity_settings
     from selfsup.pipelines.checkpoint.tools import check_export_target
+    from selfsup.pipelines.train.prune import prune_backbone, recover, sparsity_settings
 
     settings = sparsity_settings(args.target, args.pattern)
     tag = f"{args.pattern.replace(':', 'of')}-{round(100 * args.target)}"
@@ -431,8 +432,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_sparsity_sweep(args: argparse.Namespace) -> int:
-    from selfsup.eval.probe import probe_config_for
-    from selfsup.eval.sparsity_sweep import REPORT_MD, run_sweep
+    from selfsup.eval.frozen.probe import probe_config_for
+    from selfsup.eval.sweeps.sparsity import REPORT_MD, run_sweep
 
     settings = probe_config_for(Path(args.source), _evaluation_overrides(args))
     out = Path(args.out) if args.out else _next_to_source(args.source, "sparsity")
@@ -535,7 +536,7 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
     datasets = [d for d in args.datasets.split(",") if d]
     lrs = _numbers(args.lrs, "--lrs")
     if args.task == "finetune":
-        from selfsup.eval.finetune_array import (
+        from selfsup.eval.sweeps.finetune_array import (
             finetune_sweep,
             run_finetune_task,
             write_finetune_eval_report,
@@ -548,8 +549,8 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
         run, write = run_finetune_task, write_finetune_eval_report
         labels = [task.label() for task in tasks]
     else:
-        from selfsup.eval.array import run_probe_task, sweep, write_eval_report
-        from selfsup.eval.probe import probe_config_for
+        from selfsup.eval.frozen.probe import probe_config_for
+        from selfsup.eval.sweeps.probe_array import run_probe_task, sweep, write_eval_report
 
         settings = probe_config_for(Path(args.paths[0]), list(args.set))
         tasks = sweep(paths, datasets, lrs or [0.001], settings, args.device)
@@ -603,7 +604,7 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
 
 
 def _print_accuracy_table(report: dict) -> None:
-    from selfsup.eval.report import ACCURACY_HEADER, accuracy_rows
+    from selfsup.eval.reports.report import ACCURACY_HEADER, accuracy_rows
 
     _print_table("frozen-feature accuracy (top-1, %)", ACCURACY_HEADER, accuracy_rows(report))
 
@@ -648,9 +649,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log_to_stderr(args.quiet)
     from selfsup.errors import SelfsupError, one_line
+    from selfsup.plugins import load_plugins
     from selfsup.safe_pickle import every_torch_load_weights_only
 
     try:
+        load_plugins()  # registrations from outside the package, before any config is read
         with every_torch_load_weights_only():  # whatever a library asks for, no file runs code
             return int(args.func(args) or 0)
     except SelfsupError as exc:

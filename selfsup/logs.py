@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,15 +48,49 @@ def log_to_stderr(quiet: bool = False, replace: bool = True) -> None:
     logger.propagate = False
 
 
+class _HeldRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextmanager
-def log_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
-    """Copy selfsup's INFO lines into ``path`` (appending across restarts) while the block runs."""
+def held_log_records() -> Iterator[list[logging.LogRecord]]:
+    """selfsup's INFO records of the block, kept for a log file opened after it.
+
+    A run builds everything before its run directory is written to; the lines
+    of that build reach ``train.log`` once it exists (``log_to_file(earlier=...)``).
+    """
+    handler = _HeldRecords()
+    logger = logging.getLogger(LOGGER)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def log_to_file(
+    path: Path, enabled: bool = True, earlier: Sequence[logging.LogRecord] = ()
+) -> Iterator[None]:
+    """Copy selfsup's INFO lines into ``path`` (appending across restarts) while the block runs.
+
+    ``earlier`` records (from :func:`held_log_records`) are written first.
+    """
     if not enabled:
         yield
         return
     handler = logging.FileHandler(path)
     handler.setFormatter(FILE_FORMAT)
     handler.setLevel(logging.INFO)
+    for record in earlier:
+        handler.handle(record)
     logger = logging.getLogger(LOGGER)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)

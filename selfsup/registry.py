@@ -67,6 +67,9 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
+    def values(self) -> tuple[T, ...]:
+        return tuple(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -33,6 +33,7 @@ from selfsup.errors import TrainingError
 from selfsup.logs import log_to_stderr
 from selfsup.pipelines.config import config_from_dict
 from selfsup.pipelines.train.trainer import train
+from selfsup.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         log_to_stderr(replace=False)
+        load_plugins()  # the submitting process's SELFSUP_PLUGINS, inherited by the job
         job = submitit.JobEnvironment()
         run_dir = Path(self.config.get("run_dir") or job.paths.folder)
         # A requeued job waits for the run directory's lock: its previous instance may

@@ -28,8 +28,6 @@ from selfsup.slurm.jobs import TrainJob
 
 log = logging.getLogger(__name__)
 
-TERMINAL_FAILURES = ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
-
 
 class SlurmError(SelfsupError):
     """SLURM refused a job or could not be reached."""

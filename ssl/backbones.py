@@ -42,7 +42,7 @@ class Backbone(nn.Module):
 
     @property
     def is_vit(self) -> bool:
-        return self.name.startswith("vit_")
+        return is_vit_backbone(self.name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(images)
@@ -65,6 +65,7 @@ class BackboneSpec:
     feature_dim: int
     build: Callable[[BackboneOptions], nn.Module]
     sources: tuple[str, ...]
+    is_vit: bool = False  # patch tokens on a fixed grid: patch_size, pool, layer decay apply
 
 
 def _resnet(name: str) -> Callable[[BackboneOptions], nn.Module]:
@@ -120,13 +121,17 @@ def _vit(timm_name: str) -> Callable[[BackboneOptions], nn.Module]:
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 BACKBONES.register("resnet18", BackboneSpec(512, _resnet("resnet18"), ("torchvision", "timm")))
 BACKBONES.register("resnet50", BackboneSpec(2048, _resnet("resnet50"), ("torchvision", "timm")))
-BACKBONES.register("vit_tiny", BackboneSpec(192, _vit("vit_tiny_patch16_224"), ("timm",)))
-BACKBONES.register("vit_small", BackboneSpec(384, _vit("vit_small_patch16_224"), ("timm",)))
-BACKBONES.register("vit_base", BackboneSpec(768, _vit("vit_base_patch16_224"), ("timm",)))
+for _name, _dim in (("vit_tiny", 192), ("vit_small", 384), ("vit_base", 768)):
+    BACKBONES.register(_name, BackboneSpec(_dim, _vit(f"{_name}_patch16_224"), ("timm",), True))
 
 
 def backbone_names() -> list[str]:
     return sorted(BACKBONES.names())
+
+
+def is_vit_backbone(name: str) -> bool:
+    """Whether the registered backbone ``name`` is a ViT (False for a name not registered)."""
+    return name in BACKBONES and BACKBONES.get(name).is_vit
 
 
 def build_backbone(

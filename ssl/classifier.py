@@ -125,7 +125,7 @@ def check_logit_distillation(temperature: float, alpha: float) -> None:
         )
 
 
-@register_method("supervised", SupervisedConfig)
+@register_method("supervised", SupervisedConfig, uses_labels=True)
 class SupervisedObjective(TeacherHolder):
     """Cross-entropy of a :class:`Classifier` on one labelled view: the fine-tuning step.
 
@@ -133,8 +133,6 @@ class SupervisedObjective(TeacherHolder):
     ``(1 - alpha) * label loss + alpha * T^2 * KL(teacher || student)`` at
     temperature ``T``, the teacher seeing the same (augmented, mixed) images.
     """
-
-    uses_labels = True  # the trainer passes Labelled(views, labels) instead of views alone
 
     def __init__(
         self,

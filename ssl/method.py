@@ -49,9 +49,15 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method and what the training loop must know of it (declared, not sniffed)."""
+
     name: str
     config: type[MethodConfig]
     build: Callable[[Backbone, MethodConfig, BuildContext], nn.Module]
+    # Its forward takes Labelled(views, labels) instead of the views alone.
+    uses_labels: bool = False
+    # It has ``reconstruct(images) -> {"original", "masked", "output"}`` (TensorBoard panels).
+    reconstructs: bool = False
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -59,13 +65,16 @@ METHODS: Registry[MethodSpec] = Registry("method")
 ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
 
-def register_method(name: str, config: type[MethodConfig]) -> Callable[[ModuleT], ModuleT]:
+def register_method(
+    name: str, config: type[MethodConfig], *, uses_labels: bool = False, reconstructs: bool = False
+) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: register a method class (with a ``from_config`` classmethod)."""
     if config.name != name:
         raise ValueError(f"{config.__name__}.name defaults to {config.name!r}, not {name!r}")
 
     def decorate(cls: ModuleT) -> ModuleT:
-        METHODS.register(name, MethodSpec(name, config, cls.from_config))  # type: ignore[attr-defined]
+        build = cls.from_config  # type: ignore[attr-defined]
+        METHODS.register(name, MethodSpec(name, config, build, uses_labels, reconstructs))
         return cls
 
     return decorate

@@ -44,7 +44,7 @@ class SimMIMConfig(MethodConfig):
         check_ratio(self.mask_ratio, "mask_ratio")
 
 
-@register_method("simmim", SimMIMConfig)
+@register_method("simmim", SimMIMConfig, reconstructs=True)
 class SimMIM(nn.Module):
     """Masked image modelling around a ResNet backbone."""
 

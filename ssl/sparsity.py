@@ -342,11 +342,3 @@ def fold_mask_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             folded[key] = value
     return folded
-
-
-def has_masks(state: Iterable[str]) -> bool:
-    return any(k.endswith(MASK_SUFFIX) for k in state)
-
-
-def zero_share(weight: torch.Tensor) -> float:
-    return float((weight == 0).float().mean())

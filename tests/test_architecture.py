@@ -156,9 +156,9 @@ def test_no_module_level_import_cycle():
 def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
     # A forbidden import and a cycle planted in throw-away modules are found.
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from selfsup.eval.probe import probe\n")
+    bad.write_text("def f():\n    from selfsup.eval.frozen.probe import probe\n")
     monkeypatch.setitem(MODULES, "selfsup.ssl.bad", bad)
-    assert layering_violations() == ["selfsup.ssl.bad imports selfsup.eval.probe"]
+    assert layering_violations() == ["selfsup.ssl.bad imports selfsup.eval.frozen.probe"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

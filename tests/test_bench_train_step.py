@@ -24,7 +24,7 @@ def test_plain_baseline_counts_the_same_flops_as_selfsups_step(workload):
     config = load_config(None, train_step.selfsup_overrides(workload, sizes))
     views = config.augment.num_views
     ours = count_step_flops(
-        lambda: build_model(config),
+        build_model(config),
         lambda device: (
             [torch.zeros(sizes.batch, 3, sizes.image, sizes.image, device=device)] * views
         ),

@@ -19,8 +19,15 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 @pytest.fixture
-def distilled(tiny_overrides, tmp_path):
-    """A finished 4-step distillation run (regression + SEED + SimCLR) from a random teacher."""
+def distilled(tiny_overrides, tmp_path, monkeypatch):
+    """A finished 4-step distillation run (regression + SEED + SimCLR) from a random teacher.
+
+    The start builds the model once and opens the teacher's file once (counted here).
+    """
+    import builtins
+
+    from selfsup.pipelines.train import trainer
+
     teacher = write_teacher(tmp_path / "teacher.pt", seed=7)
     run = tmp_path / "student"
     args = [
@@ -28,7 +35,23 @@ def distilled(tiny_overrides, tmp_path):
         "method.name=distill", f"method.teacher={teacher}", "method.seed_weight=0.5",
         "method.seed_queue_size=40", "method.simclr_weight=0.5",
     ]  # fmt: skip
+    opens, builds = [], []
+    real_open, real_build = builtins.open, trainer.build_model_with_teacher
+
+    def counting_open(file, *a, **k):
+        if isinstance(file, (str, Path)) and Path(file).resolve() == teacher.resolve():
+            opens.append(file)
+        return real_open(file, *a, **k)
+
+    def counting_build(*a, **k):
+        builds.append(a[0].model.backbone)
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(trainer, "build_model_with_teacher", counting_build)
     assert main(["train", DEMO, *args]) == 0
+    monkeypatch.undo()
+    assert len(opens) == 1 and builds == ["resnet18"], (opens, builds)
     return run, teacher, args
 
 
@@ -100,7 +123,10 @@ def test_a_steps_flops_count_the_teachers_forward_pass(tiny_overrides, tmp_path)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         r50(images)
     teacher_forward = counter.get_total_flops()
-    with_teacher, student_alone = _step_flops(distill, 1), _step_flops(simclr, 1)
+    from selfsup.pipelines.train.build import build_model
+
+    with_teacher = _step_flops(build_model(distill), distill, 1)
+    student_alone = _step_flops(build_model(simclr), simclr, 1)
     assert with_teacher is not None and student_alone is not None
     # The teacher's forward pass, plus a student step (heads differ slightly).
     assert with_teacher - teacher_forward == pytest.approx(student_alone, rel=0.05)

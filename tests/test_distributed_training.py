@@ -21,7 +21,7 @@ import torch
 from helpers.payloads import poison_zip_pickle
 
 from selfsup.errors import CheckpointError
-from selfsup.eval.report import read_scalars
+from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.dcp_io import load_everything
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState

@@ -26,7 +26,7 @@ def test_code_folders_import_as_one_package():
         "selfsup.ssl.simclr",
         "selfsup.pipelines.train.trainer",
         "selfsup.slurm",
-        "selfsup.eval.probe",
+        "selfsup.eval.frozen.probe",
     ):
         module = importlib.import_module(name)
         assert Path(module.__file__).resolve().is_relative_to(REPO)

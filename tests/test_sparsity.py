@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from selfsup.cli import main
-from selfsup.eval.report import read_scalars
+from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.weights import load_backbone
 

@@ -33,10 +33,10 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
@@ -64,6 +64,15 @@ if TYPE_CHECKING:  # engines import the DCP helpers of this room; this module on
 log = logging.getLogger(__name__)
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler
+HOOKS_META = "hooks"  # the meta.json entry holding each training hook's state
+
+
+class HookState(Protocol):
+    """What the manager needs of a training hook (selfsup.pipelines.train.hooks)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def resumed(self, step: int, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -96,6 +105,7 @@ class CheckpointManager:
         cadence: Cadence | None = None,
         describe: Callable[[], dict[str, Any]] | None = None,
         before_write: Callable[[], None] | None = None,
+        hooks: Mapping[str, HookState] | None = None,
     ) -> None:
         self.directory = directory
         self.engine = engine
@@ -107,6 +117,7 @@ class CheckpointManager:
         # write (the trainer refuses non-finite weights this way).
         self.before_write = before_write
         self.last_saved: int | None = None
+        self.hooks = dict(hooks or {})  # training hooks: their state goes into meta.json
 
     def latest(self) -> Path | None:
         return find_latest(self.directory)
@@ -190,6 +201,7 @@ class CheckpointManager:
             "engine": self.engine.name,
             "scheduler": scheduler_position(self.scheduler),
             "engine_state": _jsonable(self.engine.state_dict()),
+            HOOKS_META: _jsonable({name: h.state_dict() for name, h in self.hooks.items()}),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **self.describe(),
         }
@@ -212,8 +224,20 @@ class CheckpointManager:
                 path, meta.get("world_size"), engine.world_size,
             )  # fmt: skip
         self.state.step, self.state.epoch = int(meta["step"]), int(meta["epoch"])
+        self._resume_hooks(meta, path)
         self.last_saved = self.state.step
         return self.state
+
+    def _resume_hooks(self, meta: dict[str, Any], path: Path) -> None:
+        """Every hook's state back from ``meta.json`` (``{}`` for one it does not hold)."""
+        states = meta.get(HOOKS_META, {})
+        if not isinstance(states, dict) or not all(isinstance(s, dict) for s in states.values()):
+            raise CheckpointError(
+                f"checkpoint {path}: meta.json's '{HOOKS_META}' entry is not a mapping of hook "
+                "states; the checkpoint is damaged: resume from another one"
+            )
+        for name, hook in self.hooks.items():
+            hook.resumed(self.state.step, states.get(name, {}))
 
     def _prune(self) -> None:
         found = list_checkpoints(self.directory)

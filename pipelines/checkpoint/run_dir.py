@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -190,9 +191,14 @@ def commit_run_config(config: RunConfig, resuming: bool, is_main: bool = True) -
             write_atomic(run_dir / RUN_MARKER, json.dumps({"format": RUN_FORMAT}) + "\n")
 
 
-def run_log_file(run_dir: Path, enabled: bool = True) -> AbstractContextManager[None]:
-    """selfsup's log lines copied into ``<run_dir>/train.log`` while the block runs."""
-    return log_to_file(run_dir / LOG_FILE, enabled=enabled)
+def run_log_file(
+    run_dir: Path, enabled: bool = True, earlier: Sequence[logging.LogRecord] = ()
+) -> AbstractContextManager[None]:
+    """selfsup's log lines copied into ``<run_dir>/train.log`` while the block runs.
+
+    ``earlier``: lines logged before the run directory could be written to.
+    """
+    return log_to_file(run_dir / LOG_FILE, enabled=enabled, earlier=earlier)
 
 
 # summary.json's fields, each with the types a reader accepts (None: not recorded).

@@ -17,10 +17,17 @@ from selfsup.pipelines.data.augment import BatchAugment
 from selfsup.pipelines.data.train_loader import build_train_loader
 from selfsup.pipelines.train.teacher import load_teacher
 from selfsup.ssl.backbones import Backbone, build_backbone
+from selfsup.ssl.distill import FrozenTeacher
 from selfsup.ssl.method import BuildContext
 from selfsup.ssl.methods import build_method
 
-__all__ = ["build_augment", "build_backbone_for", "build_model", "build_train_loader"]
+__all__ = [
+    "build_augment",
+    "build_backbone_for",
+    "build_model",
+    "build_model_with_teacher",
+    "build_train_loader",
+]
 
 
 def build_backbone_for(config: RunConfig) -> Backbone:
@@ -64,12 +71,19 @@ def load_init_weights(backbone: Backbone, source: str) -> None:
 
 def build_model(config: RunConfig, distributed: bool = False) -> nn.Module:
     """Backbone + method (heads, decoder, loss) as configured; a distillation's teacher loaded."""
+    return build_model_with_teacher(config, load_teacher(config), distributed)
+
+
+def build_model_with_teacher(
+    config: RunConfig, teacher: FrozenTeacher | None, distributed: bool = False
+) -> nn.Module:
+    """Backbone + method around an already loaded teacher (None: the method has none)."""
     backbone = build_backbone_for(config)
     context = BuildContext(
         image_size=config.data.image_size,
         num_views=config.augment.num_views,
         distributed=distributed,
-        teacher=load_teacher(config),
+        teacher=teacher,
     )
     with config_keys_in_errors(config.method):
         return build_method(backbone, config.method, context)

@@ -1,10 +1,10 @@
-"""Sparsity during a training run: masks on the backbone, pruned on schedule, logged, checked.
+"""Sparsity during a training run: a training hook (masks on the backbone, pruned on schedule).
 
-Built by the Trainer with the model before the optimizer and the engine
-(the masks are parametrizations, so the optimizer holds the dense originals
-and every engine runs the masked weights). Masks are buffers of the model,
-so each checkpoint holds them; the ramp is a function of the step alone, so
-a resumed run prunes at the same steps to the same levels, bit for bit.
+Attached to the model before the optimizer and the engine (the masks are
+parametrizations, so the optimizer holds the dense originals and every
+engine runs the masked weights). Masks are buffers of the model, so each
+checkpoint holds them; the ramp is a function of the step alone, so a
+resumed run prunes at the same steps to the same levels, bit for bit.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import nn
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.pipelines.checkpoint.dcp_io import METADATA_FILE, check_mask_entries
 from selfsup.pipelines.config import RunConfig, config_keys_in_errors
+from selfsup.pipelines.train.hooks import HOOKS, HookContext, HookSpec, TrainingHook
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.sparsity import (
     SparsityConfig,
-    covered_layers,
     cubic_level,
     layer_sparsity,
     masked_pruner,
@@ -47,7 +47,7 @@ def resolve_step(value: float, total_steps: int) -> int:
     return round(value * total_steps) if value <= 1 else int(value)
 
 
-class TrainingSparsity:
+class TrainingSparsity(TrainingHook):
     """The masks of one run's backbone and their schedule (``sparsity.*``)."""
 
     def __init__(self, model: nn.Module, config: SparsityConfig, total_steps: int) -> None:
@@ -60,28 +60,37 @@ class TrainingSparsity:
         if config.schedule == "one_shot":
             self.end = self.start
         self.level = 0.0
-        log.info(
-            "sparsity: %s to %.0f%% of %d layers, %s from step %d to %d (every %d)",
-            config.pattern, 100 * config.target, len(self.layers), config.schedule,
-            self.start, self.end, config.every,
-        )  # fmt: skip
+
+    def describe(self) -> str:
+        config = self.config
+        return (
+            f"{config.pattern} to {100 * config.target:.0f}% of {len(self.layers)} layers, "
+            f"{config.schedule} from step {self.start} to {self.end} (every {config.every})"
+        )
 
     def level_at(self, step: int) -> float:
         """The pruning level after ``step`` optimizer steps (for 2:4, the share of groups)."""
         return cubic_level(step, self.config.final_level, self.start, self.end, self.config.every)
 
-    def after_step(self, step: int) -> None:
+    @classmethod
+    def attach(cls, context: HookContext) -> TrainingSparsity:
+        """Masks on the built model; a one-shot prune at step 0 happens here, before training."""
+        hook = cls(context.model, context.config.sparsity, context.total_steps)
+        hook.after_optimizer_step(0)
+        return hook
+
+    def after_optimizer_step(self, step: int) -> None:
         """Prune to the schedule's level when it rises at ``step`` (step 0: before training)."""
         level = self.level_at(step)
         if level > self.level:
             self.pruner.set_level(level)
             self.level = level
 
-    def resumed(self, step: int) -> None:
+    def resumed(self, step: int, state: dict[str, Any]) -> None:
         """After a checkpoint restored the masks: the level they were pruned to."""
         self.level = self.level_at(step)
 
-    def scalars(self) -> dict[str, float]:
+    def scalars(self, step: int) -> dict[str, float]:
         """TensorBoard's ``sparsity/overall`` and ``sparsity/<layer>``."""
         per_layer = {f"sparsity/{k}": v for k, v in layer_sparsity(self.trunk).items()}
         return {"sparsity/overall": overall_sparsity(self.trunk), **per_layer}
@@ -96,21 +105,9 @@ class TrainingSparsity:
         }
 
 
-def sparsity_for(model: nn.Module, config: RunConfig, total_steps: int) -> TrainingSparsity | None:
-    return (
-        TrainingSparsity(model, config.sparsity, total_steps) if config.sparsity.enabled else None
-    )
-
-
-def check_sparsity_layers(model: nn.Module, config: RunConfig) -> None:
-    """Refuse ``sparsity.layers``/``exclude`` entries that match no layer (no masks attached)."""
-    if config.sparsity.enabled:
-        with config_keys_in_errors():
-            covered_layers(find_backbone(model).trunk, config.sparsity)
-
-
-def require_same_sparsity(config: SparsityConfig, path: Path, meta: dict[str, Any]) -> None:
+def require_same_sparsity(run: RunConfig, path: Path, meta: dict[str, Any]) -> None:
     """A checkpoint's masks fit only a run with the same sparsity on or off, and pattern."""
+    config = run.sparsity
     stored = meta.get(SPARSITY_META)
     was, now = (stored or {}).get("pattern"), config.pattern if config.enabled else None
     if was != now:
@@ -128,3 +125,16 @@ def require_same_sparsity(config: SparsityConfig, path: Path, meta: dict[str, An
         )
     if stored and (path / METADATA_FILE).is_file():
         check_mask_entries(path)
+
+
+# Registered with ``enabled``: on whenever the sparsity section asks for it; its
+# checkpoint check also runs with sparsity off (a sparse checkpoint is refused).
+HOOKS.register(
+    SPARSITY_META,
+    HookSpec(
+        SPARSITY_META,
+        TrainingSparsity.attach,
+        enabled=lambda config: config.sparsity.enabled,
+        check_checkpoint=require_same_sparsity,
+    ),
+)

@@ -2,7 +2,7 @@
 
 The FLOPs of one training micro-batch (forward and backward) are counted
 once, with ``torch.utils.flop_counter.FlopCounterMode`` on a copy of the
-model built on the ``meta`` device: shapes only, no memory, no compute.
+built model on the ``meta`` device: shapes only, no memory, no compute.
 Dividing the achieved FLOP rate by the device's peak gives MFU; the peaks are
 dense bf16 tensor-core rates from the vendors' datasheets. On a device not in
 the table (CPUs among them) only the achieved FLOP rate is reported.
@@ -10,6 +10,7 @@ the table (CPUs among them) only the achieved FLOP rate is reported.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 
@@ -49,12 +50,33 @@ def peak_flops_of(name: str) -> float | None:
     return None
 
 
-def count_step_flops(
-    build: Callable[[], nn.Module], inputs: Callable[[torch.device], list[torch.Tensor]]
-) -> float | None:
-    """FLOPs of one forward and backward pass of ``build()`` on ``inputs``, counted on meta tensors.
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose every tensor is on the meta device; no byte is copied.
 
-    ``build`` must construct the model (it is called under ``torch.device("meta")``);
+    The tensors are the ones the module's own ``_apply`` visits (what ``.to()``
+    moves: parameters, buffers, and what a module holds outside its children,
+    such as a distillation's unregistered teacher).
+    """
+    memo: dict[int, object] = {}
+
+    def remember(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in memo:
+            empty = torch.empty_like(tensor, device="meta")
+            is_param = isinstance(tensor, nn.Parameter)
+            memo[id(tensor)] = nn.Parameter(empty, tensor.requires_grad) if is_param else empty
+        return tensor  # unchanged: _apply puts each tensor back where it was
+
+    with torch.no_grad():
+        model._apply(remember)
+    return copy.deepcopy(model, memo)
+
+
+def count_step_flops(
+    model: nn.Module, inputs: Callable[[torch.device], list[torch.Tensor]]
+) -> float | None:
+    """FLOPs of one forward and backward pass of ``model`` on ``inputs``, counted on meta tensors.
+
+    ``model`` is not run nor changed: a meta copy of it is (:func:`meta_copy`).
     ``inputs(device)`` makes one micro-batch of views. None when counting fails.
     """
     # Losses select entries with nonzero(), whose output size meta tensors cannot
@@ -62,14 +84,13 @@ def count_step_flops(
     from torch.fx.experimental import _config as fx_config
 
     try:
-        with torch.device("meta"):
-            model = build()
+        copied = meta_copy(model)
         views = inputs(torch.device("meta"))
         counter = FlopCounterMode(display=False)
         # fx_config.patch is generated at import (torch's config module), unseen by mypy.
         assume_nonzero = fx_config.patch(meta_nonzero_assume_all_nonzero=True)  # type: ignore[attr-defined]
-        with counter, assume_nonzero:
-            output = model(views)
+        with counter, assume_nonzero, torch.random.fork_rng(devices=[]):
+            output = copied(views)
             output.loss.backward()
         return float(counter.get_total_flops())
     except Exception as exc:  # an op without a meta kernel, for example

@@ -32,6 +32,7 @@ from torch import nn
 
 from selfsup.atomic import write_atomic
 from selfsup.errors import SelfsupError, TrainingError, one_line
+from selfsup.logs import held_log_records
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
@@ -51,7 +52,19 @@ from selfsup.pipelines.data.loaders import TrainLoader, ViewBatch
 from selfsup.pipelines.runtime.engines import Engine, build_engine
 from selfsup.pipelines.runtime.seeding import derive_seed, seed_everything
 from selfsup.pipelines.runtime.stopping import StopRequest
-from selfsup.pipelines.train.build import build_augment, build_model, build_train_loader
+from selfsup.pipelines.train import sparsity as _sparsity_hook  # noqa: F401  (registers it)
+from selfsup.pipelines.train.build import (
+    build_augment,
+    build_model_with_teacher,
+    build_train_loader,
+)
+from selfsup.pipelines.train.hooks import (
+    HookContext,
+    TrainingHook,
+    attach_hooks,
+    hook_records,
+)
+from selfsup.pipelines.train.hooks import check_checkpoint as check_hook_checkpoint
 from selfsup.pipelines.train.monitor import LOSS, MeanWindow, Monitor
 from selfsup.pipelines.train.optim import (
     apply_schedule,
@@ -60,17 +73,12 @@ from selfsup.pipelines.train.optim import (
     configured_hyperparameters,
     peak_lr,
 )
-from selfsup.pipelines.train.sparsity import (
-    SPARSITY_META,
-    check_sparsity_layers,
-    require_same_sparsity,
-    sparsity_for,
-)
-from selfsup.pipelines.train.teacher import require_same_teacher, teacher_record
+from selfsup.pipelines.train.teacher import load_teacher, require_same_teacher, teacher_record
 from selfsup.pipelines.train.throughput import Throughput, count_step_flops
-from selfsup.pipelines.train.visuals import augmentation_grid, can_reconstruct, log_reconstructions
+from selfsup.pipelines.train.visuals import augmentation_grid, log_reconstructions
 from selfsup.ssl.classifier import Labelled
 from selfsup.ssl.distill import FrozenTeacher
+from selfsup.ssl.method import METHODS
 from selfsup.ssl.outputs import StepOutput
 from selfsup.ssl.sparsity import fold_mask_keys
 
@@ -104,28 +112,26 @@ def train(
     """Train as configured; resume from the run directory's newest checkpoint.
 
     ``parts`` builds the model, loader and hooks (default: pretraining with
-    the configured method); fine-tuning passes its own.
+    the configured method); fine-tuning passes its own. Everything is built
+    once, before the run directory is touched: a backbone/method/size
+    mismatch or a hook that cannot attach is refused before anything is written.
     """
-    if parts is None:
-        # Shapes only, on the meta device: a backbone/method/size mismatch is refused
-        # before a run directory is created or a process group is started.
-        with torch.device("meta"):
-            model = build_model(config)
-            check_sparsity_layers(model, config)  # names that match nothing, before any write
     own_engine = engine is None
     engine = engine or build_engine(config)
     lock = None
     try:
+        with held_log_records() as build_lines:  # for train.log, which does not exist yet
+            setup = build_setup(config, engine, parts or pretraining_parts)
         lock = lock_run_dir(config, engine)
         checkpoints = config.resolved_run_dir() / CHECKPOINT_DIR
         resume_from = find_latest(checkpoints) if config.checkpoint.resume else None
         resuming = resume_from is not None
-        if resume_from is not None:  # masks that do not fit: refused before anything is built
-            require_same_sparsity(config.sparsity, resume_from, read_meta(resume_from))
+        if resume_from is not None:  # what the hooks cannot continue: refused before any load
+            check_hook_checkpoint(config, resume_from, read_meta(resume_from))
         run_dir = prepare_run_dir(config, resuming=resuming, is_main=engine.is_main)
         engine.barrier()
-        with run_log_file(run_dir, enabled=engine.is_main):
-            trainer = Trainer(config, engine, run_dir, parts)
+        with run_log_file(run_dir, enabled=engine.is_main, earlier=build_lines):
+            trainer = Trainer(config, engine, run_dir, setup)
             if resume_from is not None:
                 trainer.resume(resume_from)
             commit_run_config(config, resuming=resuming, is_main=engine.is_main)
@@ -139,6 +145,37 @@ def train(
             lock.release()
         if own_engine:
             engine.close()
+
+
+@dataclass
+class TrainingSetup:
+    """What a start builds from the config, once, before the run directory is touched."""
+
+    parts: TrainParts
+    hooks: dict[str, TrainingHook]  # attached to parts.model, before the optimizer exists
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    global_batch: int
+    flops_per_step: float | None  # one optimizer step on one process; None: not counted
+
+
+def build_setup(config: RunConfig, engine: Engine, parts: PartsFactory) -> TrainingSetup:
+    """Seed, build the parts (the model once), count its FLOPs on a meta copy, attach hooks."""
+    seed_everything(config.train.seed)  # identical initial weights on every rank
+    built = parts(config, engine)
+    accum = engine.grad_accum_steps
+    per_epoch = built.loader.steps_per_epoch // accum
+    if per_epoch == 0:
+        raise TrainingError(
+            f"an epoch has {built.loader.steps_per_epoch} batches, fewer than "
+            f"train.grad_accum_steps={accum}; lower train.grad_accum_steps or data.batch_size"
+        )
+    total = config.train.max_steps or config.train.epochs * per_epoch
+    flops = _step_flops(built.model, config, accum) if built.count_flops else None
+    hooks = attach_hooks(HookContext(config, built.model, total, per_epoch))
+    global_batch = config.data.batch_size * engine.world_size * accum
+    return TrainingSetup(built, hooks, accum, per_epoch, total, global_batch, flops)
 
 
 def lock_run_dir(config: RunConfig, engine: Engine) -> RunLock | None:
@@ -220,27 +257,17 @@ class Trainer:
     """
 
     def __init__(
-        self,
-        config: RunConfig,
-        engine: Engine,
-        run_dir: Path,
-        parts: PartsFactory | None = None,
+        self, config: RunConfig, engine: Engine, run_dir: Path, setup: TrainingSetup
     ) -> None:
         self.config, self.engine, self.run_dir = config, engine, run_dir
         self.started = time.perf_counter()
-        seed_everything(config.train.seed)  # identical initial weights on every rank
-        self.parts = (parts or pretraining_parts)(config, engine)
-        model = self.parts.model
+        self.setup, self.parts, self.hooks = setup, setup.parts, setup.hooks
         self.loader = self.parts.loader
         self.augment = self.parts.augment.to(engine.device)
-        self.accum = engine.grad_accum_steps
-        self.global_batch = config.data.batch_size * engine.world_size * self.accum
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = config.train.max_steps or config.train.epochs * self.steps_per_epoch
-        # Masks first: the optimizer then holds the dense originals they multiply.
-        self.sparsity = sparsity_for(model, config, self.total_steps)
-        if self.sparsity is not None:
-            self.sparsity.after_step(0)  # a one-shot prune at step 0 happens before training
+        self.accum, self.global_batch = setup.accum, setup.global_batch
+        self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
+        # The hooks attached first (sparsity's masks): the optimizer holds the dense originals.
+        model = self.parts.model
         self.optimizer = build_optimizer(
             model, config.optim, self.global_batch, self.parts.param_groups
         )
@@ -262,6 +289,7 @@ class Trainer:
             ),
             describe=self._checkpoint_meta,
             before_write=self._refuse_non_finite,
+            hooks=self.hooks,
         )
         # Every micro-batch's loss was finite: tracked on the device, so the
         # hot path never waits for the host; read before each checkpoint.
@@ -274,16 +302,6 @@ class Trainer:
         # This epoch's loss and metrics, kept only when an epoch hook reads them.
         self.epoch_window = MeanWindow() if self.parts.on_epoch_end is not None else None
 
-    def _steps_per_epoch(self) -> int:
-        steps = self.loader.steps_per_epoch // self.accum
-        if steps == 0:
-            raise TrainingError(
-                f"an epoch has {self.loader.steps_per_epoch} batches, fewer than "
-                f"train.grad_accum_steps={self.accum}; lower train.grad_accum_steps or "
-                "data.batch_size"
-            )
-        return steps
-
     def _checkpoint_meta(self) -> dict[str, object]:
         return {
             "total_steps": self.total_steps,
@@ -292,11 +310,8 @@ class Trainer:
             "samples_seen": self.state.step * self.global_batch,
             "loss": self.last_loss,
             **self.parts.checkpoint_meta,
-            **self._sparsity_meta(),
+            **hook_records(self.hooks),
         }
-
-    def _sparsity_meta(self) -> dict[str, object]:
-        return {SPARSITY_META: self.sparsity.record()} if self.sparsity is not None else {}
 
     def resume(self, path: Path) -> None:
         # The checkpoint restores the optimizer's state (momenta) and the schedule's
@@ -307,8 +322,6 @@ class Trainer:
         with configured_hyperparameters(self.optimizer):
             self.checkpoints.load(path)
         apply_schedule(self.scheduler)
-        if self.sparsity is not None:
-            self.sparsity.resumed(self.state.step)
         self.resumed_from_step = self.state.step
         log.info(
             "resuming from checkpoint %s at step %d/%d (epoch %d)",
@@ -326,6 +339,10 @@ class Trainer:
             peak_lr(config.optim, self.global_batch), config.train.precision, engine.device,
             engine.name,
         )  # fmt: skip
+        for name, hook in self.hooks.items():
+            line = hook.describe()
+            if line:
+                log.info("%s: %s", name, line)
 
     def _log_first_step(self, started: float) -> None:
         """One line with the compile time (the first step compiles the model)."""
@@ -343,8 +360,9 @@ class Trainer:
         """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
         self._log_start()
         self.first_step = self.state.step
-        flops = _step_flops(self.config, self.accum) if self.parts.count_flops else None
-        throughput = Throughput(flops, self.engine.device, self.config.train.peak_tflops)
+        throughput = Throughput(
+            self.setup.flops_per_step, self.engine.device, self.config.train.peak_tflops
+        )
         self.monitor = Monitor(
             self.run_dir, self.total_steps, self.state.step, self.global_batch,
             enabled=self.engine.is_main, throughput=throughput,
@@ -384,8 +402,8 @@ class Trainer:
             self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
-        if self.sparsity is not None:
-            self.sparsity.after_step(self.state.step)
+        for hook in self.hooks.values():
+            hook.after_optimizer_step(self.state.step)
         self.state.epoch = self.state.step // self.steps_per_epoch
         self.monitor.advance()
         self._maybe_log_images()
@@ -429,7 +447,7 @@ class Trainer:
 
     def _maybe_log_images(self) -> None:
         model = self.engine.unwrap()
-        if self.preview is None or not can_reconstruct(model):
+        if self.preview is None or not self.parts.reconstructs:
             return
         if self._at(self.config.train.image_every):
             assert self.monitor is not None
@@ -449,8 +467,8 @@ class Trainer:
         if not math.isfinite(self.last_loss):
             raise self._diverged(f"the loss became {self.last_loss}")
         self.monitor.log(self.state.step, means, lr)
-        if self.sparsity is not None:
-            for tag, value in self.sparsity.scalars().items():
+        for hook in self.hooks.values():
+            for tag, value in hook.scalars(self.state.step).items():
                 self.monitor.add_scalar(tag, value, self.state.step)
 
     def _refuse_non_finite(self) -> None:
@@ -513,6 +531,7 @@ class TrainParts:
     on_epoch_end: Callable[[Trainer], None] | None = None
     export: Callable[[Trainer, dict[str, torch.Tensor]], Path] | None = None
     count_flops: bool = True  # the method's FLOPs per step, for MFU
+    reconstructs: bool = False  # the model draws reconstructions (MethodSpec.reconstructs)
     label: str | None = None  # what the start-up log line calls the objective (the method)
     # Extra meta.json / summary.json entries (a distillation's teacher), and a
     # check of a checkpoint's meta.json before resuming from it.
@@ -525,15 +544,16 @@ PartsFactory = Callable[[RunConfig, Engine], TrainParts]
 
 def pretraining_parts(config: RunConfig, engine: Engine) -> TrainParts:
     """The configured method on the configured backbone, multi-view loader and augmentation."""
-    model = build_model(config, distributed=engine.world_size > 1)
+    spec = METHODS.get(config.method.name)
+    teacher = load_teacher(config)  # read and fingerprinted once per start
     parts = TrainParts(
-        model=model,
+        model=build_model_with_teacher(config, teacher, distributed=engine.world_size > 1),
         loader=build_train_loader(config, engine.rank, engine.world_size, engine.device),
         augment=build_augment(config),
-        inputs=with_labels if getattr(model, "uses_labels", False) else None,
+        inputs=with_labels if spec.uses_labels else None,
+        reconstructs=spec.reconstructs,
     )
-    teacher = getattr(model, "teacher", None)
-    return with_teacher_checks(parts, teacher if isinstance(teacher, FrozenTeacher) else None)
+    return with_teacher_checks(parts, teacher)
 
 
 def with_teacher_checks(parts: TrainParts, teacher: FrozenTeacher | None) -> TrainParts:
@@ -549,16 +569,13 @@ def with_labels(views: list[torch.Tensor], labels: torch.Tensor, seed: int) -> L
     return Labelled(views, labels)
 
 
-def _step_flops(config: RunConfig, accum: int) -> float | None:
-    """FLOPs of one optimizer step on one process (all its micro-batches)."""
+def _step_flops(model: nn.Module, config: RunConfig, accum: int) -> float | None:
+    """FLOPs of one optimizer step on one process (all its micro-batches), on a meta copy."""
     size, views = config.data.image_size, config.augment.num_views
-    with torch.random.fork_rng(devices=[]):  # counting must not consume training's RNG
-        flops = count_step_flops(
-            lambda: build_model(config),
-            lambda device: (
-                [torch.zeros(config.data.batch_size, 3, size, size, device=device)] * views
-            ),
-        )
+    flops = count_step_flops(
+        model,
+        lambda device: [torch.zeros(config.data.batch_size, 3, size, size, device=device)] * views,
+    )
     return None if flops is None else flops * accum
 
 
@@ -601,7 +618,7 @@ def _finish(trainer: Trainer, step: int, total_steps: int) -> None:
         "seconds_this_start": round(time.perf_counter() - started, 1),
         "backbone": asdict(info) | {"run_dir": str(run_dir)},
         **trainer.parts.checkpoint_meta,
-        **trainer._sparsity_meta(),
+        **hook_records(trainer.hooks),
     }
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
     log.info("finished %d steps; weights in %s", step, exported)

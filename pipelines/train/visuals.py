@@ -39,10 +39,6 @@ def augmentation_grid(
     return make_grid(tiles.cpu(), nrow=len(views), padding=2)
 
 
-def can_reconstruct(model: nn.Module) -> bool:
-    return callable(getattr(model, "reconstruct", None))
-
-
 @torch.no_grad()
 def log_reconstructions(
     monitor: Monitor,

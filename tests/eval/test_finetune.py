@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
-from selfsup.eval.finetune_phase import layer_decay_for
+from selfsup.eval.finetune.phase import layer_decay_for
 from selfsup.pipelines.config import OptimConfig
 from selfsup.pipelines.train.optim import build_optimizer, layer_decay_groups
 from selfsup.pipelines.train.trainer import train
@@ -202,7 +202,7 @@ def test_mixup_and_cutmix_are_a_function_of_the_batch_seed():
 
     import numpy as np
 
-    from selfsup.eval.finetune_phase import _mixing
+    from selfsup.eval.finetune.phase import _mixing
 
     inputs = SimpleNamespace(
         ft=SimpleNamespace(mixup=0.8, cutmix=1.0, label_smoothing=0.1),

@@ -14,7 +14,7 @@ import torch
 
 from selfsup.cli import main
 from selfsup.errors import ConfigError
-from selfsup.eval.report import read_scalars
+from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.train.trainer import train

@@ -14,7 +14,7 @@ from selfsup.ssl.outputs import StepOutput
 
 def resnet18_training_flops(batch: int) -> float:
     return count_step_flops(
-        lambda: _SimpleStep(torchvision.models.resnet18()),
+        _SimpleStep(torchvision.models.resnet18()),
         lambda device: [torch.randn(batch, 3, 224, 224, device=device)],
     )
 
@@ -53,17 +53,23 @@ def test_method_step_flops_are_counted_without_memory():
     from selfsup.pipelines.train.build import build_model
 
     config = load_config(None, ["model.backbone=resnet50", "data.image_size=224"])
-    flops = count_step_flops(
-        lambda: build_model(config), lambda d: [torch.zeros(8, 3, 224, 224, device=d)] * 2
-    )
+    with torch.device("meta"):
+        model = build_model(config)
+    flops = count_step_flops(model, lambda d: [torch.zeros(8, 3, 224, 224, device=d)] * 2)
     # 16 images through ResNet-50 (4.09 GMACs each), forward and backward: ~390 GFLOP
     assert 3.7e11 < flops < 4.1e11
 
 
-def test_mfu_from_a_known_peak():
-    throughput = Throughput(flops_per_step=2e12, device=torch.device("cpu"), peak_tflops=100.0)
-    assert throughput.achieved(steps_per_second=5.0) == 1e13
-    assert throughput.mfu(steps_per_second=5.0) == 0.1
+def test_mfu_of_a_step_whose_flops_are_known_by_hand():
+    # One linear layer, no input gradient: forward (2 B I O) + weight gradient (2 B I O) FLOPs,
+    # counted by FlopCounterMode on a meta copy; MFU is that x steps/s over the given peak.
+    batch, fan_in, fan_out = 32, 64, 16
+    layer = torch.nn.Linear(fan_in, fan_out, bias=False)
+    flops = count_step_flops(_SimpleStep(layer), lambda d: [torch.zeros(batch, fan_in, device=d)])
+    assert flops == 4 * batch * fan_in * fan_out  # FlopCounterMode counts matrix products only
+    throughput = Throughput(flops, device=torch.device("cpu"), peak_tflops=1e-6)
+    assert throughput.mfu(steps_per_second=2.0) == pytest.approx(2 * flops / 1e6)
+    assert layer.weight.device.type == "cpu" and layer.weight.grad is None  # the model untouched
     assert peak_flops(torch.device("cpu")) is None
     assert Throughput(2e12, torch.device("cpu")).mfu(5.0) is None  # CPU: FLOP/s only
     # CUDA's device names: the specific entry wins over the general one.

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from selfsup.errors import ConfigError, TrainingError
-from selfsup.eval.probe import initial_backbone
-from selfsup.eval.report import read_scalars
+from selfsup.eval.frozen.probe import initial_backbone
+from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import list_checkpoints, step_of
 from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import load_config

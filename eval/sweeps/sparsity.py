@@ -1,6 +1,6 @@
 """Accuracy against sparsity (``selfsup sparsity sweep``): prune, probe, recover, report.
 
-Each point prunes the same trained backbone one-shot (:mod:`selfsup.eval.prune`)
+Each point prunes the same trained backbone one-shot (:mod:`selfsup.pipelines.train.prune`)
 and probes it (kNN and linear, the ``probe:`` settings). Target 0 is the
 dense model itself: the control every row is read against. With
 ``recover_steps``, each pruned model is also distilled from the dense one for
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.atomic import write_atomic
-from selfsup.eval.probe import probe
-from selfsup.eval.prune import prune_backbone, recover, sparsity_settings
+from selfsup.eval.frozen.probe import probe
 from selfsup.pipelines.config import ProbeConfig
+from selfsup.pipelines.train.prune import prune_backbone, recover, sparsity_settings
 from selfsup.text import markdown_table
 
 REPORT_JSON, REPORT_MD, PLOT_PNG = "report.json", "report.md", "sparsity.png"

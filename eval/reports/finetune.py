@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfsup.atomic import write_atomic
+from selfsup.eval.finetune.recipes import RECIPES
 from selfsup.pipelines.config import FinetuneConfig
 from selfsup.text import markdown_table
 
 if TYPE_CHECKING:
-    from selfsup.eval.finetune import RecipeResult
+    from selfsup.eval.finetune.run import RecipeResult
 
 FORMAT = "selfsup.finetune-report/1"
 REPORT_JSON = "report.json"
@@ -66,15 +67,15 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"{report['test_images']:,} test images at {report['image_size']} px. "
         + _recipe_sentence(s),
         "",
-        "| init | test top-1 (%) | best epoch | validation top-1 (%) |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for init, accuracy in report["test_accuracy"].items():
         run = report["results"].get(init)
-        epoch = run["best_epoch"] if run else "-"
+        epoch = str(run["best_epoch"]) if run else "-"
         val = f"{run['best_val_accuracy']:.2f}" if run else "-"
-        shown = f"{accuracy:.2f}" if accuracy is not None else "-"
-        lines.append(f"| {init} | {shown} | {epoch} | {val} |")
+        rows.append([init, f"{accuracy:.2f}" if accuracy is not None else "-", epoch, val])
+    header = ["init", "test top-1 (%)", "best epoch", "validation top-1 (%)"]
+    lines += markdown_table(header, rows)
     lines += ["", "*Scratch*: the same architecture and recipe from the weights the "
               "pretraining started from (same seed).", ""]  # fmt: skip
     if report["results"]:
@@ -86,16 +87,9 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
 
 
 def _recipe_sentence(s: dict[str, Any]) -> str:
-    if s["recipe"] == "linear":
-        return "Linear probe on frozen features (the `probe:` settings)."
-    head = f"MLP head {s['head_hidden']}" if s["head_hidden"] else "linear head"
-    common = (f"{s['optimizer']}, base lr {s['base_lr']:g} per 256 images, {s['schedule']} "
-              f"schedule, label smoothing {s['label_smoothing']:g}")  # fmt: skip
-    if s["recipe"] == "head_then_unfreeze":
-        return (f"Phase 1: {head} on the frozen base (weights and BatchNorm statistics) for "
-                f"{s['epochs']} epochs; phase 2: everything for {s['unfreeze_epochs']} epochs at "
-                f"{s['unfreeze_lr_factor']:g} x the rate; {common}.")  # fmt: skip
-    return f"Every layer trained for {s['epochs']} epochs with a {head}; {common}."
+    if s["recipe"] not in RECIPES:  # a report of a recipe this installation does not have
+        return f"Recipe {s['recipe']}."
+    return RECIPES.get(s["recipe"]).sentence(s)
 
 
 def _per_class_table(report: dict[str, Any]) -> list[str]:

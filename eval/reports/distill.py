@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfsup.eval.report import load_report_if_any
+from selfsup.eval.reports.report import load_report_if_any
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, read_summary
 from selfsup.pipelines.config import RunConfig, load_saved_config
 

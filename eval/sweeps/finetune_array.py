@@ -1,6 +1,6 @@
 """Fine-tune sweeps: sources x datasets x recipes x learning rates, as independent tasks.
 
-The fine-tune counterpart of :mod:`selfsup.eval.array`: each task is one
+The fine-tune counterpart of :mod:`selfsup.eval.sweeps.probe_array`: each task is one
 ``selfsup finetune`` of one dataset with one recipe and one ``base_lr``, into
 a folder of its own under the sweep's folder, so the tasks run as one SLURM
 job array (``selfsup submit-eval --task finetune``) and land in one report.
@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from selfsup.eval.array import write_sweep_report
-from selfsup.eval.finetune import finetune, load_source
-from selfsup.eval.finetune_report import test_accuracies
-from selfsup.eval.finetune_settings import finetune_settings
+from selfsup.eval.finetune.run import finetune, load_source
+from selfsup.eval.finetune.settings import finetune_settings
+from selfsup.eval.reports.finetune import test_accuracies
+from selfsup.eval.sweeps.probe_array import write_sweep_report
 
 FORMAT = "selfsup.finetune_eval_report/1"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from selfsup.atomic import write_atomic
 from selfsup.errors import one_line
-from selfsup.eval.probe import ProbeOutcome
+from selfsup.eval.frozen.probe import ProbeOutcome
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, TB_DIR, is_run_dir, read_summary
 from selfsup.pipelines.config import load_saved_config
 from selfsup.text import markdown_table

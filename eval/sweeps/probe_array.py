@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.atomic import write_atomic
-from selfsup.eval.probe import probe
+from selfsup.eval.frozen.probe import probe
 from selfsup.pipelines.config import ProbeConfig
 from selfsup.text import markdown_table
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfsup.errors import CheckpointError, ConfigError, SelfsupError, existing_path
-from selfsup.eval.classify import load_classifier_state
+from selfsup.eval.finetune.classify import load_classifier_state
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, info_from_header
 from selfsup.pipelines.train.teacher import weights_sha256
 from selfsup.ssl.classifier import Classifier

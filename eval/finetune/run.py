@@ -8,7 +8,7 @@ Recipes (``finetune.recipe``, YAML in ``configs/finetune/``):
   ``unfreeze_lr_factor`` x the rate, BatchNorm statistics updating again;
 - ``full``: every layer from the start (layer-wise rate decay and drop-path
   for ViTs);
-- ``linear``: the frozen-feature probe (:mod:`selfsup.eval.probe`).
+- ``linear``: the frozen-feature probe (:mod:`selfsup.eval.frozen.probe`).
 
 Each phase is a run of the pretraining :class:`~selfsup.pipelines.train.trainer.Trainer`
 with fine-tuning parts (a :class:`~selfsup.ssl.classifier.SupervisedObjective`,
@@ -39,21 +39,20 @@ from typing import Any
 import torch
 
 from selfsup.errors import ConfigError
-from selfsup.eval.classify import SplitScores, predict, score
-from selfsup.eval.finetune_phase import (
+from selfsup.eval.finetune.classify import SplitScores, predict, score
+from selfsup.eval.finetune.data import Splits, load_splits
+from selfsup.eval.finetune.history import History
+from selfsup.eval.finetune.phase import (
     CLASSIFIER_FILE,
-    Phase,
     PhaseInputs,
     phase_config,
     phase_parts,
-    recipe_phases,
     starting_classifier,
     steps_per_epoch,
 )
-from selfsup.eval.finetune_teacher import load_teacher_classifier
-from selfsup.eval.history import History
-from selfsup.eval.probe import initial_backbone, probe
-from selfsup.eval.transfer_data import Splits, load_splits
+from selfsup.eval.finetune.recipes import Phase, recipe, recipe_phases
+from selfsup.eval.finetune.teacher import load_teacher_classifier
+from selfsup.eval.frozen.probe import initial_backbone, probe
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
 from selfsup.pipelines.config import FinetuneConfig, RunConfig
 from selfsup.pipelines.data.loaders import eval_loader
@@ -61,6 +60,7 @@ from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.pipelines.runtime.distributed import detect_env
 from selfsup.pipelines.runtime.engines import PRECISIONS, Engine, build_engine
 from selfsup.pipelines.train.trainer import train
+from selfsup.ssl.backbones import is_vit_backbone
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,12 @@ def output_dir(source: Source, out: str | None) -> Path:
 
 def finetune(source: Source, out_dir: Path, device: str) -> list[RecipeResult]:
     """Run the ``finetune:`` settings' recipe on each of their datasets; write each report."""
-    from selfsup.eval.finetune_report import write_recipe_report
+    from selfsup.eval.reports.finetune import write_recipe_report
 
     ft = source.run_config.finetune
     image_size = _image_size(source.info, ft)
     results: list[RecipeResult] = []
-    if ft.recipe == "linear":
+    if recipe(ft.recipe).phases is None:
         return [_linear(source, ft, name, out_dir, image_size, device) for name in ft.datasets]
     engine = _engine(source.run_config, device)
     try:
@@ -144,7 +144,7 @@ def finetune(source: Source, out_dir: Path, device: str) -> list[RecipeResult]:
 
 def _image_size(info: BackboneInfo, ft: FinetuneConfig) -> int:
     size = ft.image_size or info.image_size
-    if info.name.startswith("vit_") and size != info.image_size:
+    if is_vit_backbone(info.name) and size != info.image_size:
         raise ConfigError(
             f"finetune.image_size={size}, but the {info.name} backbone was trained at "
             f"{info.image_size} px and its position embedding is fixed to that grid; leave "
@@ -240,7 +240,7 @@ def _linear(
     source: Source, ft: FinetuneConfig, name: str, out_dir: Path, image_size: int, device: str
 ) -> RecipeResult:
     """Recipe ``linear``: the frozen-feature probe with the fine-tune's data sizes."""
-    from selfsup.eval.finetune_report import write_recipe_report
+    from selfsup.eval.reports.finetune import write_recipe_report
 
     settings = dataclasses.replace(
         source.run_config.probe, datasets=[name], data_path=ft.data_path,

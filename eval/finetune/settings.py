@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfsup.errors import ConfigError, did_you_mean
+from selfsup.eval.finetune.recipes import RECIPES
+from selfsup.eval.finetune.recipes import recipe as recipe_of
 from selfsup.paths import checkout_root
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, find_run_dir
 from selfsup.pipelines.config import (
-    FINETUNE_RECIPES,
     RunConfig,
     load_saved_config,
     with_overrides,
@@ -22,8 +23,11 @@ RECIPE_DIR = Path("configs") / "finetune"
 FULL_KEY_SECTIONS = ("train.", "probe.", "model.channels_last", "sparsity.")
 
 
-def recipe_path(name: str) -> Path:
-    """``configs/finetune/NAME.yaml`` (the working directory's, then the checkout's), or a path."""
+def recipe_path(name: str) -> Path | None:
+    """``configs/finetune/NAME.yaml`` (the working directory's, then the checkout's), or a path.
+
+    None for a registered recipe without a settings file (its defaults are the section's).
+    """
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -33,9 +37,12 @@ def recipe_path(name: str) -> Path:
         candidate = root / RECIPE_DIR / f"{name}.yaml"
         if candidate.is_file():
             return candidate
+    if name in RECIPES:
+        return None
     raise ConfigError(
-        f"unknown fine-tune recipe '{name}'{did_you_mean(name, FINETUNE_RECIPES)}; recipes: "
-        f"{', '.join(FINETUNE_RECIPES)} (configs/finetune/NAME.yaml) or a .yaml path"
+        f"unknown fine-tune recipe '{name}'{did_you_mean(name, RECIPES.names())}; recipes: "
+        f"{', '.join(RECIPES.names())} (configs/finetune/NAME.yaml, or registered with "
+        "selfsup.eval.finetune.recipes.RECIPES) or a .yaml path"
     )
 
 
@@ -44,7 +51,14 @@ def finetune_settings(source: Path, recipe: str | None, overrides: list[str]) ->
     run_dir = find_run_dir(source)
     config = load_saved_config(run_dir / CONFIG_FILE) if run_dir else RunConfig()
     if recipe is not None:
-        config = with_recipe(config, recipe_path(recipe))
+        path = recipe_path(recipe)
+        config = (
+            with_recipe(config, path)
+            if path is not None
+            else with_section_overrides(config, "finetune", [f"recipe={recipe}"])
+        )
     config = with_overrides(config, [o for o in overrides if o.startswith(FULL_KEY_SECTIONS)])
     rest = [o for o in overrides if not o.startswith(FULL_KEY_SECTIONS)]
-    return with_section_overrides(config, "finetune", rest)
+    config = with_section_overrides(config, "finetune", rest)
+    recipe_of(config.finetune.recipe)  # registered: refused in one line otherwise
+    return config

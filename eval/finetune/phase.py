@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from selfsup.errors import DataError
-from selfsup.eval.classify import load_classifier_state, predict, save_classifier, score
-from selfsup.eval.history import History
-from selfsup.eval.transfer_data import Splits
+from selfsup.eval.finetune.classify import load_classifier_state, predict, save_classifier, score
+from selfsup.eval.finetune.data import Splits
+from selfsup.eval.finetune.history import History
+from selfsup.eval.finetune.recipes import Phase
 from selfsup.pipelines.checkpoint.weights import BackboneInfo
 from selfsup.pipelines.config import (
     AugmentConfig,
@@ -31,6 +32,7 @@ from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.optim import layer_decay_groups
 from selfsup.pipelines.train.trainer import PartsFactory, Trainer, TrainParts, with_teacher_checks
+from selfsup.ssl.backbones import is_vit_backbone
 from selfsup.ssl.classifier import Classifier, Labelled, SupervisedConfig, SupervisedObjective
 from selfsup.ssl.distill import FrozenTeacher
 from selfsup.ssl.sparsity import fold_mask_keys
@@ -39,23 +41,6 @@ CLASSIFIER_FILE = "classifier.pt"
 # MAE/BEiT fine-tuning defaults: 0.65 up to ViT-B, 0.75 for larger ViTs.
 LAYER_DECAY = {"vit_tiny": 0.65, "vit_small": 0.65, "vit_base": 0.65}
 LARGER_VIT_LAYER_DECAY = 0.75
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str  # the phase's folder
-    epochs: int
-    lr_factor: float  # x finetune.base_lr
-    frozen_base: bool
-
-
-def recipe_phases(ft: FinetuneConfig) -> list[Phase]:
-    if ft.recipe == "head_then_unfreeze":
-        return [
-            Phase("frozen_base", ft.epochs, 1.0, frozen_base=True),
-            Phase("unfrozen", ft.unfreeze_epochs, ft.unfreeze_lr_factor, frozen_base=False),
-        ]
-    return [Phase("full", ft.epochs, 1.0, frozen_base=False)]
 
 
 @dataclass
@@ -177,7 +162,7 @@ def starting_classifier(inputs: PhaseInputs, previous: Path | None) -> Classifie
 
 
 def _drop_path(inputs: PhaseInputs) -> float:
-    return inputs.ft.drop_path if inputs.info.name.startswith("vit_") else 0.0
+    return inputs.ft.drop_path if is_vit_backbone(inputs.info.name) else 0.0
 
 
 def _loader(inputs: PhaseInputs, config: RunConfig, engine: Engine) -> TorchvisionTrainLoader:
@@ -196,7 +181,7 @@ def _loader(inputs: PhaseInputs, config: RunConfig, engine: Engine) -> Torchvisi
 
 def layer_decay_for(inputs: PhaseInputs) -> float | None:
     """The configured layer-wise decay, the backbone's default, or None (ResNets, or 1.0)."""
-    if not inputs.info.name.startswith("vit_"):
+    if not is_vit_backbone(inputs.info.name):
         return None
     decay = inputs.ft.layer_decay
     if decay is None:

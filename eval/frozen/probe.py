@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from selfsup.eval.features import extract_features
-from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.linear import train_linear_classifier
+from selfsup.eval.frozen.features import extract_features
+from selfsup.eval.frozen.knn import knn_accuracy
+from selfsup.eval.frozen.linear import train_linear_classifier
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, find_run_dir
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
 from selfsup.pipelines.config import (

@@ -1,0 +1,1 @@
+"""Fine-tuning transfer: recipes (a registry), phases as Trainer runs, splits, history."""

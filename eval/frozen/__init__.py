@@ -1,0 +1,1 @@
+"""Frozen-feature evaluation: features of a frozen backbone, kNN, the linear probe."""

@@ -1,0 +1,1 @@
+"""Reports: report.md / report.json, plots and terminal tables of every evaluation."""

@@ -1,0 +1,1 @@
+"""Sweeps: probe and fine-tune arrays (SLURM), the sparsity sweep."""
