@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from train_step import PlainSimCLR, config_step, sync, time_steps
+from benchlib import ensure_beton, sync
+from train_step import PlainSimCLR, config_step, time_steps
 
 from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.config import RunConfig, load_config
@@ -154,9 +155,10 @@ def _endless(loader):
 def image_flops(config: RunConfig) -> float | None:
     """Training FLOPs per image (both views, forward and backward)."""
     views, batch, size = config.augment.num_views, config.data.batch_size, config.data.image_size
+    with torch.device("meta"):  # shapes only
+        model = build_model(config)
     flops = count_step_flops(
-        build_model(config),
-        lambda device: [torch.zeros(batch, 3, size, size, device=device)] * views,
+        model, lambda device: [torch.zeros(batch, 3, size, size, device=device)] * views
     )
     return None if flops is None else flops / batch
 
@@ -175,18 +177,6 @@ def tiny_jpeg_folder(root: Path) -> Path:
         pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=90)
     return root
-
-
-def ensure_beton(folder: Path, cache: Path) -> Path:
-    """The folder's training images as a .beton of JPEGs (written once, then reused)."""
-    from selfsup.pipelines.data.beton import WriteOptions, write_beton
-    from selfsup.pipelines.data.sources import open_dataset
-
-    path = cache / f"{folder.name}-train-jpg.beton"
-    if not path.is_file():
-        dataset = open_dataset("imagefolder", "train", folder)
-        print(write_beton(dataset, path, WriteOptions(mode="jpg", jpeg_quality=90)).line())
-    return path
 
 
 def measure_workload(name: str, args: argparse.Namespace, out: Path) -> dict[str, float]:

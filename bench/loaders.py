@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from benchlib import ensure_beton, sync
 
 from selfsup.pipelines.config import AugmentConfig
 from selfsup.pipelines.data.augment import BatchAugment
@@ -168,26 +169,13 @@ def measure(make: Callable, args) -> float:
     batches = make(args)
     for _ in range(args.warmup):
         next(batches)
-    if args.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(args.device)
     started = time.perf_counter()
     for _ in range(args.batches):
         views = next(batches)
-    if args.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(args.device)
     assert len(views) == 2
     return args.batches * args.batch_size / (time.perf_counter() - started)
-
-
-def ensure_beton(args) -> str:
-    from selfsup.pipelines.data.beton import WriteOptions, write_beton
-
-    path = Path(args.cache) / f"{Path(args.data).name}_train_{args.max_resolution}.beton"
-    if not path.is_file():
-        dataset = open_dataset("imagefolder", "train", args.data)
-        options = WriteOptions(mode="jpg", max_resolution=args.max_resolution, jpeg_quality=90)
-        print(write_beton(dataset, path, options).line(), flush=True)
-    return str(path)
 
 
 def main() -> None:
@@ -207,7 +195,7 @@ def main() -> None:
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args()
     args.device = torch.device(args.device)
-    args.beton = ensure_beton(args)
+    args.beton = str(ensure_beton(Path(args.data), Path(args.cache), args.max_resolution))
     names = args.only.split(",") if args.only else list(PIPELINES)
     results = {name: measure(PIPELINES[name], args) for name in names}
     base = results.get("lightly+torchvision")

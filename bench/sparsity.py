@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchlib import sync
 from torch import nn
 
 from selfsup.ssl.sparsity import magnitude_mask
@@ -58,11 +59,6 @@ CPU_LINE = (
 
 def semi_structured_ok(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -41,6 +41,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from benchlib import sync
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -287,11 +288,10 @@ def step_flops(workload: str, s: Sizes) -> float | None:
     """FLOPs of one step of the plain model (the same computation as selfsup's)."""
     count = 2 if workload in TWO_VIEWS else 1
 
-    def build() -> nn.Module:
-        return AsStepOutput(plain_model(workload, s))
-
+    with torch.device("meta"):  # shapes only: count_step_flops runs a meta copy
+        model = AsStepOutput(plain_model(workload, s))
     return count_step_flops(
-        build, lambda device: [torch.zeros(s.batch, 3, s.image, s.image, device=device)] * count
+        model, lambda device: [torch.zeros(s.batch, 3, s.image, s.image, device=device)] * count
     )
 
 
@@ -314,11 +314,6 @@ def time_steps(step: Callable, device: torch.device, steps: int) -> float:
         step()
     sync(device)
     return (time.perf_counter() - started) / steps
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(images_per_second: float) -> str:

@@ -2,11 +2,16 @@
 
 Sub-packages (one job each, dependencies flow one way):
 
-- ``selfsup.ssl``: backbones and methods (SimCLR, MAE, SimMIM) around
-  lightly's losses and modules; no data, configs or I/O.
-- ``selfsup.pipelines``: config, data, runtime (engines), checkpoints, training.
+- ``selfsup.ssl``: backbones (registered and any timm/torchvision model),
+  methods (SimCLR, MAE, SimMIM, distillation, the supervised objective) around
+  lightly's losses and modules, weight sparsity; no data, configs or I/O.
+- ``selfsup.pipelines``: config, data (loaders), runtime (engines),
+  checkpoints, training (the Trainer, its hooks).
 - ``selfsup.slurm``: cluster jobs through submitit.
-- ``selfsup.eval``: linear probe, kNN and reports.
+- ``selfsup.eval``: frozen-feature evaluation, fine-tuning, sweeps, reports.
+
+Top-level modules serve every room: errors, registries, plugins, atomic writes,
+logging set-up, safe text and safe unpickling.
 """
 
 from __future__ import annotations

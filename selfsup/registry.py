@@ -55,9 +55,6 @@ class Registry(Generic[T]):
         """``@REGISTRY.decorator("name")`` registers the decorated object itself."""
         return lambda entry: self.register(name, entry)
 
-    def unregister(self, name: str) -> None:
-        del self._entries[name]
-
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -12,7 +12,17 @@ name                    feature dim  library
 resnet18 / resnet50     512 / 2048   torchvision (default) or timm
 vit_tiny / small / base 192/384/768  timm; ``patch_size`` and ``image_size``
                                      free (patch 16 at 224 px, 4 at 32 px)
+timm/<model>            read from    any model of timm's registry
+                        the model    (``timm.list_models()``)
+torchvision/<model>     read from    any classification model of torchvision
+                        the model    (``torchvision.models.list_models()``)
 ======================  ===========  ====================================
+
+A library model is built as its library defines it, its classifier removed
+(timm: ``num_classes=0``; torchvision: the last ``nn.Linear`` becomes an
+identity, its input width the feature dimension); ``cifar_stem`` applies to
+those with a ResNet stem. ViT options (patch size, pooling, any resolution)
+belong to the registered ``vit_*`` names.
 """
 
 from __future__ import annotations
@@ -24,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.registry import Registry, UnknownName
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
+from selfsup.registry import Registry, UnknownName, did_you_mean
 
 SOURCES = ("auto", "torchvision", "timm")
 VIT_POOLS = ("token", "avg")  # class token, or the mean of the patch tokens
@@ -130,8 +140,91 @@ def backbone_names() -> list[str]:
 
 
 def is_vit_backbone(name: str) -> bool:
-    """Whether the registered backbone ``name`` is a ViT (False for a name not registered)."""
+    """Whether the registered backbone ``name`` is a ViT (False for a library model)."""
     return name in BACKBONES and BACKBONES.get(name).is_vit
+
+
+LIBRARIES = ("timm", "torchvision")
+
+
+def is_library_backbone(name: str) -> bool:
+    """``timm/<model>`` or ``torchvision/<model>``: a model of the library's own registry."""
+    return name.partition("/")[0] in LIBRARIES and "/" in name
+
+
+def _library_trunk(name: str, options: BackboneOptions) -> tuple[nn.Module, int]:
+    """A library model without its classifier, and its feature dimension."""
+    library, _, model = name.partition("/")
+    if options.source not in ("auto", library):
+        raise ArgumentError(
+            f"backbone '{name}' comes from {library}, not {options.source}; set source=auto",
+            "source",
+        )
+    trunk, dim = _timm_trunk(model, options) if library == "timm" else _torchvision_trunk(model)
+    if options.cifar_stem:
+        if not (hasattr(trunk, "conv1") and hasattr(trunk, "maxpool")):
+            raise ArgumentError(
+                f"cifar_stem replaces a ResNet's stem (conv1 and max-pool), which backbone "
+                f"'{name}' does not have; set cifar_stem=false",
+                "cifar_stem",
+            )
+        replace_with_cifar_stem(trunk)
+    return trunk, dim
+
+
+def classifier_name(name: str, source: str = "auto") -> str:
+    """The module name of the classifier a library's own checkpoint of ``name`` holds.
+
+    What a supervised ImageNet checkpoint has beyond the backbone: ``fc`` of a
+    ResNet, ``head`` of a timm ViT, the last linear layer of a torchvision model,
+    timm's declared ``classifier`` of a timm model.
+    """
+    if not is_library_backbone(name):
+        return "head" if is_vit_backbone(name) else "fc"
+    library, _, model = name.partition("/")
+    if library == "timm":
+        import timm
+
+        with torch.device("meta"):
+            built: Any = timm.create_model(model, pretrained=False)
+        return str(built.pretrained_cfg.get("classifier", "head"))
+    import torchvision
+
+    with torch.device("meta"):
+        built = torchvision.models.get_model(model, weights=None)
+    return [n for n, m in built.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _unknown_model(library: str, model: str, names: list[str]) -> ArgumentError:
+    return ArgumentError(
+        f"backbone={library}/{model} names no model of {library}'s registry"
+        f'{did_you_mean(model, names)}; `python -c "import {library}.models as m; '
+        f'print(m.list_models())"` lists them',
+        "backbone",
+    )
+
+
+def _timm_trunk(model: str, options: BackboneOptions) -> tuple[nn.Module, int]:
+    import timm
+
+    if not timm.is_model(model):
+        raise _unknown_model("timm", model, timm.list_models())
+    extra: dict[str, Any] = {"drop_path_rate": options.drop_path} if options.drop_path else {}
+    trunk: Any = timm.create_model(model, pretrained=False, num_classes=0, **extra)
+    return trunk, int(trunk.num_features)
+
+
+def _torchvision_trunk(model: str) -> tuple[nn.Module, int]:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)  # classification only
+    if model not in names:
+        raise _unknown_model("torchvision", model, names)
+    trunk = torchvision.models.get_model(model, weights=None)
+    linears = [name for name, m in trunk.named_modules() if isinstance(m, nn.Linear)]
+    head: Any = trunk.get_submodule(linears[-1])  # the classifier: the last linear layer
+    trunk.set_submodule(linears[-1], nn.Identity())
+    return trunk, int(head.in_features)
 
 
 def build_backbone(
@@ -143,17 +236,20 @@ def build_backbone(
     pool: str = "token",
     drop_path: float = 0.0,
 ) -> Backbone:
-    """Build a randomly initialised backbone by registry name."""
-    spec = BACKBONES.get(name)
+    """Build a randomly initialised backbone by registry name (or ``timm/``, ``torchvision/``)."""
     if source not in SOURCES:
         raise UnknownName("backbone source", source, SOURCES)
+    options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool, drop_path)
+    if is_library_backbone(name):
+        trunk, dim = _library_trunk(name, options)
+        return Backbone(trunk, dim, name)
+    spec = BACKBONES.get(name)
     if source != "auto" and source not in spec.sources:
         raise ArgumentError(
             f"backbone '{name}' comes from {' or '.join(spec.sources)}, not {source}; "
             "set source=auto",
             "source",
         )
-    options = BackboneOptions(source, cifar_stem, image_size, patch_size, pool, drop_path)
     return Backbone(spec.build(options), spec.feature_dim, name)
 
 

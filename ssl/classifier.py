@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.distill import FrozenTeacher, TeacherHolder, logit_distillation_loss
 from selfsup.ssl.method import BuildContext, MethodConfig, check_positive, register_method

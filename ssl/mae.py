@@ -20,7 +20,7 @@ from lightly.models import utils
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
 from torch import nn
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.method import BuildContext, MethodConfig, check_ratio, register_method
 from selfsup.ssl.outputs import StepOutput

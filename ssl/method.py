@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from selfsup.arguments import ArgumentError
 from selfsup.registry import Registry
-from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 
 

@@ -14,7 +14,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.method import BuildContext, MethodConfig, check_positive, register_method
 from selfsup.ssl.outputs import StepOutput

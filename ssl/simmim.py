@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone, resnet_feature_map, resnet_stride
 from selfsup.ssl.method import BuildContext, MethodConfig, check_ratio, register_method
 from selfsup.ssl.outputs import StepOutput

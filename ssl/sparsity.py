@@ -36,8 +36,8 @@ from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 from torch.ao.pruning.sparsifier.utils import FakeSparsity
 from torch.nn.utils import parametrize
 
+from selfsup.arguments import ArgumentError
 from selfsup.registry import did_you_mean
-from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.manifest import write_manifest
 from selfsup.pipelines.checkpoint.untrusted import load_deepspeed_file
 from selfsup.pipelines.config import load_config
-from selfsup.pipelines.runtime.engines import cpu_engine
+from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,7 +310,7 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint_usable(base, tmp_pa
         model = build_model(config)
         optimizer = build_optimizer(model, config.optim, config.data.batch_size)
         scheduler = build_scheduler(optimizer, config.optim, 30, 12)
-        engine = cpu_engine()
+        engine = Engine(torch.device("cpu"), "fp32", None)
         engine.setup(model, optimizer)
         state = CheckpointManager(checkpoints, engine, scheduler, TrainState()).load(latest)
         assert state.step == int(latest.name[5:])
@@ -333,7 +333,7 @@ def test_checkpoint_of_another_config_lists_the_differing_keys(base, tmp_path):
     model = build_model(config)
     optimizer = build_optimizer(model, config.optim, 16)
     scheduler = build_scheduler(optimizer, config.optim, 4, 2)
-    engine = cpu_engine()
+    engine = Engine(torch.device("cpu"), "fp32", None)
     engine.setup(model, optimizer)
     with pytest.raises(
         CheckpointError,

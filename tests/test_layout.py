@@ -32,21 +32,6 @@ def test_code_folders_import_as_one_package():
         assert Path(module.__file__).resolve().is_relative_to(REPO)
 
 
-def test_ssl_room_depends_on_nothing_above_it():
-    """ssl (models, losses) <- pipelines <- slurm; eval uses ssl and pipelines."""
-    forbidden = {
-        "ssl": ("selfsup.pipelines", "selfsup.slurm", "selfsup.eval", "selfsup.cli"),
-        "pipelines": ("selfsup.slurm", "selfsup.eval", "selfsup.cli"),
-        "eval": ("selfsup.slurm", "selfsup.cli"),
-        "slurm": ("selfsup.eval", "selfsup.cli"),
-    }
-    for room, names in forbidden.items():
-        for path in (REPO / room).rglob("*.py"):
-            text = path.read_text()
-            for name in names:
-                assert f"from {name}" not in text and f"import {name}" not in text, (path, name)
-
-
 def test_the_checkout_root_is_this_checkout():
     from selfsup.paths import checkout_root
 

@@ -17,12 +17,3 @@ def test_unknown_names_suggest_and_list():
     with pytest.raises(UnknownName, match=r"unknown colour 'gren' \(did you mean 'green'\?\)"):
         colours.get("gren")
     assert isinstance(UnknownName("colour", "x", ["green"]), ValueError)  # plain for ssl
-
-
-def test_a_name_is_registered_once_and_can_be_removed():
-    colours: Registry[int] = Registry("colour")
-    colours.register("red", 1)
-    with pytest.raises(ValueError, match="registered already"):
-        colours.register("red", 3)
-    colours.unregister("red")
-    assert colours.names() == ()

@@ -51,6 +51,7 @@ from selfsup.eval.finetune.phase import (
     steps_per_epoch,
 )
 from selfsup.eval.finetune.recipes import Phase, recipe, recipe_phases
+from selfsup.eval.finetune.reference import SUPERVISED, supervised_trunk
 from selfsup.eval.finetune.teacher import load_teacher_classifier
 from selfsup.eval.frozen.probe import initial_backbone, probe
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
@@ -65,7 +66,7 @@ from selfsup.ssl.backbones import is_vit_backbone
 log = logging.getLogger(__name__)
 
 FINETUNE_DIR = "finetune"
-INITS = ("pretrained", "distilled", "scratch")
+INITS = ("pretrained", "distilled", "scratch", SUPERVISED)
 
 
 @dataclass
@@ -109,6 +110,8 @@ def load_source(path: str | Path, run_config: RunConfig) -> Source:
         trunks["distilled"] = trunks["pretrained"]
     if run_config.finetune.baseline:
         trunks["scratch"] = initial_backbone(info).trunk.state_dict()
+    if run_config.finetune.supervised:  # a library's ImageNet classifier: a third reference
+        trunks[SUPERVISED] = supervised_trunk(run_config.finetune.supervised, info)
     return Source(info=info, run_config=run_config, trunks=trunks)
 
 

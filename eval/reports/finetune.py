@@ -28,7 +28,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
-COLOURS = {"pretrained": "#1f77b4", "distilled": "#2ca02c", "scratch": "#d62728"}
+COLOURS = {"pretrained": "#1f77b4", "distilled": "#2ca02c", "scratch": "#d62728",
+           "supervised": "#9467bd"}  # fmt: skip
 
 
 def write_recipe_report(result: RecipeResult, out_dir: Path, ft: FinetuneConfig) -> dict[str, Any]:
@@ -78,6 +79,10 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += markdown_table(header, rows)
     lines += ["", "*Scratch*: the same architecture and recipe from the weights the "
               "pretraining started from (same seed).", ""]  # fmt: skip
+    if "supervised" in report["test_accuracy"]:
+        origin = report["settings"].get("supervised", "")
+        lines += [f"*Supervised*: the library's ImageNet classifier weights ({origin}), its "
+                  "classifier dropped, fine-tuned with the same recipe.", ""]  # fmt: skip
     if report["results"]:
         lines += _per_class_table(report)
     for plot in plots:

@@ -200,18 +200,6 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(markdown_table(header, rows))
 
 
-def load_report(run_dir: Path) -> dict[str, Any]:
-    """The probe report of a run (or a report.json path); one-line errors otherwise."""
-    report = load_report_if_any(run_dir)
-    if report is None:
-        from selfsup.errors import SelfsupError
-
-        raise SelfsupError(
-            f"{run_dir / REPORT_JSON} not found; run `selfsup probe {run_dir}` first"
-        )
-    return report
-
-
 def load_report_if_any(run_dir: Path) -> dict[str, Any] | None:
     """The probe report of a run, None when the run is not probed yet."""
     from selfsup.errors import SelfsupError
@@ -220,9 +208,12 @@ def load_report_if_any(run_dir: Path) -> dict[str, Any] | None:
         raise SelfsupError(f"{run_dir} does not exist; pass run directories of `selfsup train`")
     path = run_dir / REPORT_JSON if run_dir.is_dir() else run_dir
     if run_dir.is_dir() and not is_run_dir(run_dir):
+        if any((run_dir / "finetune").glob(f"*/*/{REPORT_JSON}")):
+            return None  # the --out folder of `selfsup finetune`: its reports, no probe report
         raise SelfsupError(
-            f"{run_dir} is not a selfsup run directory (no {CONFIG_FILE}); pass run directories "
-            "written by `selfsup train`"
+            f"{run_dir} is not a selfsup run directory (no {CONFIG_FILE}) nor a fine-tune "
+            "output folder (no finetune/<dataset>/<recipe>/report.json); pass run directories "
+            "of `selfsup train` or the --out folders of `selfsup finetune`"
         )
     if not path.is_file():
         return None

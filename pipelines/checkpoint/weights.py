@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from selfsup.arguments import ArgumentError
 from selfsup.atomic import write_atomic
 from selfsup.errors import CheckpointError, one_line
 from selfsup.pipelines.checkpoint import dcp_io, folders
@@ -40,7 +41,6 @@ from selfsup.pipelines.checkpoint.untrusted import (
 )
 from selfsup.pipelines.config import MAX_VIEW_SIDE, RunConfig, load_saved_config
 from selfsup.registry import UnknownName
-from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone, build_backbone
 from selfsup.ssl.sparsity import MASK_SUFFIX, attach_masks, fold_mask_keys
 

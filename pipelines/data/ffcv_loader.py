@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from selfsup.errors import ConfigError
+from selfsup.pipelines.config.registry import register_choices
 from selfsup.pipelines.data.beton import IMAGE_FIELD, LABEL_FIELD, open_beton, require_ffcv
 from selfsup.pipelines.data.datasets import subset_indices
 from selfsup.pipelines.data.loaders import ResumableSampler, ViewBatch, ViewSpec
@@ -219,3 +220,6 @@ def ffcv_eval_loader(
     )
     for images, labels in loader:
         yield images.clone(), labels.reshape(-1).long().cpu()
+
+
+register_choices("data.ffcv_order", lambda: ORDERS)

@@ -1,6 +1,7 @@
 """The torchvision loader: multi-view crops of a dataset, resumable mid-epoch.
 
-The batch contract every loader (this one, FFCV) keeps:
+The batch contract every loader (this one, FFCV, the device-resident memory
+loader, and any registered in ``train_loader.LOADERS``) keeps:
 
 - training batches are :class:`ViewBatch` es: ``num_views`` tensors of
   ``uint8`` crops ``(B, 3, S, S)`` (random-resized crops, one per view) and

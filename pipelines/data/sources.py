@@ -24,6 +24,7 @@ from pathlib import Path
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.paths import checkout_root
+from selfsup.pipelines.config.registry import register_choices
 from selfsup.pipelines.data.datasets import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -292,3 +293,6 @@ def _download(info: DatasetInfo, root: Path) -> LocatedDataset | None:
     finally:
         socket.setdefaulttimeout(previous)
     return _search_in_root(info, root)
+
+
+register_choices("data.dataset", DATASETS.names)

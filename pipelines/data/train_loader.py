@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from selfsup.errors import ConfigError
+from selfsup.pipelines.config import AUTO, RunConfig, register_choices
 from selfsup.pipelines.data.beton import ffcv_available, require_ffcv
 from selfsup.pipelines.data.datasets import ImageDataset, subset_indices, take_subset
 from selfsup.pipelines.data.device_decode import DeviceDecodeTrainLoader
@@ -30,15 +30,14 @@ from selfsup.pipelines.data.sources import open_dataset
 from selfsup.pipelines.runtime.cpus import loader_workers
 from selfsup.registry import Registry
 
-if TYPE_CHECKING:  # config.py reads LOADERS; at run time this module needs no config
-    from selfsup.pipelines.config import RunConfig
-
 log = logging.getLogger(__name__)
 
 # (config, the batch contract, device) -> loader
 LoaderBuilder = Callable[["RunConfig", ViewSpec, torch.device], TrainLoader]
 LOADERS: Registry[LoaderBuilder] = Registry("loader")
 DECODES = ("auto", "cpu", "gpu")
+# Loaders of the frozen-feature evaluation (probe.loader): images in order, no views.
+PROBE_LOADERS = ("torchvision", "ffcv")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -171,3 +170,8 @@ def build_train_loader(
         world_size=world_size,
     )
     return LOADERS.get(choose_loader(data.loader, data.beton))(config, spec, device)
+
+
+register_choices("data.loader", lambda: (*LOADERS.names(), AUTO))
+register_choices("data.decode", lambda: DECODES)
+register_choices("probe.loader", lambda: (*PROBE_LOADERS, AUTO))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-AUTO = "auto"
+from selfsup.pipelines.config.schema import AUTO
 
 
 def cpus_per_process() -> int:

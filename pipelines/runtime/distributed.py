@@ -93,12 +93,23 @@ def _slurm_env() -> DistEnv:
     )
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto`` picks the GPU when there is one; ``setting`` names the option in errors."""
+    if name not in DEVICES:
+        raise ConfigError(f"{setting} is '{name}'; valid devices: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{setting} cuda, but no GPU is visible; use cpu or auto")
+    return torch.device(name)
+
+
 def device_for(env: DistEnv, requested: str = "auto") -> torch.device:
     """This process's device: its local GPU when there are GPUs, else the CPU."""
-    use_cuda = torch.cuda.is_available() if requested == "auto" else requested == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
-    if not use_cuda:
+    if resolve_device(requested).type == "cpu":
         return torch.device("cpu")
     count = torch.cuda.device_count()
     if env.local_rank >= count:

@@ -12,14 +12,21 @@ from torch import nn
 
 from selfsup.errors import ConfigError, SelfsupError, existing_path
 from selfsup.pipelines.checkpoint.weights import load_backbone
-from selfsup.pipelines.config import RunConfig, config_keys_in_errors
+from selfsup.pipelines.config import (
+    RunConfig,
+    config_keys_in_errors,
+    register_check,
+    register_choices,
+    register_section,
+)
 from selfsup.pipelines.data.augment import BatchAugment
 from selfsup.pipelines.data.train_loader import build_train_loader
 from selfsup.pipelines.train.teacher import load_teacher
-from selfsup.ssl.backbones import Backbone, build_backbone
+from selfsup.ssl.backbones import SOURCES, VIT_POOLS, Backbone, build_backbone
+from selfsup.ssl.classifier import check_head, check_label_smoothing, check_logit_distillation
 from selfsup.ssl.distill import FrozenTeacher
-from selfsup.ssl.method import BuildContext
-from selfsup.ssl.methods import build_method
+from selfsup.ssl.method import METHODS, BuildContext
+from selfsup.ssl.methods import build_method, default_method_config
 
 __all__ = [
     "build_augment",
@@ -97,3 +104,29 @@ def build_augment(config: RunConfig) -> BatchAugment:
         std=list(config.data.std),
         channels_last=config.model.channels_last,
     )
+
+
+def check_method_options(config: RunConfig) -> None:
+    """The chosen method's own checks, its errors naming ``method.*`` keys."""
+    context = BuildContext(image_size=config.data.image_size, num_views=config.augment.num_views)
+    with config_keys_in_errors(config.method):
+        config.method.check(context)
+
+
+def check_finetune_head(config: RunConfig) -> None:
+    """The fine-tune classifier's head, smoothing and logit distillation, as ssl checks them."""
+    ft = config.finetune
+    with config_keys_in_errors(section="finetune"):
+        check_head(ft.head_hidden, ft.head_dropout)
+        check_label_smoothing(ft.label_smoothing)
+        check_logit_distillation(ft.distill_temperature, ft.distill_alpha)
+
+
+# ssl knows no configs: this module, which maps sections to ssl's constructors,
+# tells the config what ssl accepts.
+register_section("method", default_method_config)
+register_choices("method.name", METHODS.names)
+register_choices("model.source", lambda: SOURCES)
+register_choices("model.pool", lambda: VIT_POOLS)
+register_check("finetune head", check_finetune_head)
+register_check("method options", check_method_options)

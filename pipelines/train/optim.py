@@ -9,7 +9,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightly.models.utils import get_weight_decay_parameters
@@ -17,10 +17,8 @@ from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import nn
 
+from selfsup.pipelines.config import OptimConfig, register_choices
 from selfsup.registry import Registry
-
-if TYPE_CHECKING:  # config.py reads OPTIMIZERS; at run time this module needs no config
-    from selfsup.pipelines.config import OptimConfig
 
 REFERENCE_BATCH = 256
 
@@ -212,3 +210,9 @@ def apply_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         rates = scheduler.get_lr()
     for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
+
+
+register_choices("optim.name", OPTIMIZERS.names)
+register_choices("optim.schedule", SCHEDULES.names)
+register_choices("finetune.optimizer", OPTIMIZERS.names)
+register_choices("finetune.schedule", SCHEDULES.names)

@@ -18,7 +18,12 @@ from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.pipelines.checkpoint.dcp_io import METADATA_FILE, check_mask_entries
-from selfsup.pipelines.config import RunConfig, config_keys_in_errors
+from selfsup.pipelines.config import (
+    RunConfig,
+    config_keys_in_errors,
+    register_check,
+    register_section,
+)
 from selfsup.pipelines.train.hooks import HOOKS, HookContext, HookSpec, TrainingHook
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.sparsity import (
@@ -138,3 +143,22 @@ HOOKS.register(
         check_checkpoint=require_same_sparsity,
     ),
 )
+
+
+def check_sparsity(config: RunConfig) -> None:
+    """The ``sparsity:`` section's own checks, and what the engine must allow."""
+    with config_keys_in_errors():
+        config.sparsity.check()
+    if (
+        config.sparsity.enabled
+        and config.train.engine == "deepspeed"
+        and config.train.zero_stage == 3
+    ):
+        raise ConfigError(
+            "sparsity masks are computed from whole weights, which ZeRO-3 partitions: use "
+            "train.zero_stage=2 (or 0/1) with sparsity"
+        )
+
+
+register_section(SPARSITY_META, SparsityConfig)
+register_check("sparsity", check_sparsity)

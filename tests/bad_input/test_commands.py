@@ -7,6 +7,7 @@ command; the run's and the scratch folder's files must be byte-identical after.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -30,6 +31,13 @@ def _train_over(*extra: str) -> Case:
 
 
 _write = replace  # a new file, never through a link shared with the finished run
+
+
+def _tensors(path: Path) -> Path:
+    """A state_dict file of one tensor (a checkpoint of no backbone)."""
+    buffer = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(2)}, buffer)
+    return _write(path, buffer.getvalue())
 
 
 def _report_of_wrong_shape(run: Path, scratch: Path, base: list[str]) -> list[str]:
@@ -120,6 +128,14 @@ CASES: dict[str, tuple[Case, str]] = {
     "finetune with a validation share of 1.5": (
         lambda run, s, b: ["finetune", str(run), "val_fraction=1.5"],
         "'finetune.val_fraction' must be strictly between 0 and 1",
+    ),
+    "finetune from a supervised checkpoint of another architecture": (
+        lambda run, s, b: ["finetune", str(run), f"supervised={_tensors(s / 'r.pth')}"],
+        "is not a resnet18 checkpoint of the backbone's shape (missing: bn1.bias",
+    ),
+    "a backbone no library has": (
+        _train_over("model.backbone=timm/efficientnet_b99"),
+        "model.backbone=timm/efficientnet_b99 names no model of timm's registry",
     ),
     "finetune with a head of 5 hidden layers": (
         lambda run, s, b: ["finetune", str(run), "head_hidden=[8,8,8,8,8]"],

@@ -139,14 +139,27 @@ def test_sigkill_during_a_finetune_then_rerun_resumes_and_ends_identical(
     )
 
 
-def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root, capsys):
-    assert main(finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=2")) == 0
+def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root, tmp_path, capsys):
+    # The third reference: a supervised checkpoint in torchvision's own format (its
+    # ImageNet classifier included), beside the self-supervised weights and scratch.
+    import torchvision
+
+    supervised = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), supervised)
+    args = finetune_args(
+        pretrained_run, data_root, "--recipe", "full", "epochs=2", f"supervised={supervised}"
+    )
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "cifar10 full: test top-1 pretrained" in out and "scratch" in out
     folder = pretrained_run / "finetune" / "cifar10" / "full"
     report = json.loads((folder / "report.json").read_text())
-    assert set(report["test_accuracy"]) == {"pretrained", "scratch"}
-    for init in ("pretrained", "scratch"):
+    assert set(report["test_accuracy"]) == {"pretrained", "scratch", "supervised"}
+    assert (
+        "*Supervised*: the library's ImageNet classifier weights"
+        in (folder / "report.md").read_text()
+    )
+    for init in ("pretrained", "scratch", "supervised"):
         result = report["results"][init]
         assert len(result["test"]["per_class"]) == 10 and len(result["history"]) == 2
         assert sum(map(sum, result["test"]["confusion"])) == report["test_images"] == 40
@@ -161,7 +174,9 @@ def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root
 
 
 @pytest.mark.slow
-def test_finetune_under_torchrun_runs_on_two_ddp_processes(pretrained_run, data_root, tmp_path):
+def test_finetune_under_torchrun_runs_on_two_ddp_processes(
+    pretrained_run, data_root, tmp_path, capsys
+):
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     args = finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=2",
@@ -177,6 +192,11 @@ def test_finetune_under_torchrun_runs_on_two_ddp_processes(pretrained_run, data_
     history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2]  # one entry per epoch, not one per rank
     assert json.loads((folder / "report.json").read_text())["test_images"] == 40
+    # The --out folder is reported like a run directory (its fine-tune reports, no probe).
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "ddp")]) == 0
+    table = capsys.readouterr().out
+    assert "cifar10: test top-1" in table and "│ ddp " in table
 
 
 def test_randaugment_follows_the_crop_and_is_seeded_per_image(datagen):
@@ -266,3 +286,25 @@ def test_a_sparse_finetune_keeps_the_zeros_in_every_covered_layer(pretrained_run
         assert int((weight == 0).sum()) == weight.numel() // 2, init
         assert int((state["backbone.trunk.conv1.weight"] == 0).sum()) == 0
         assert not any(w.eq(0).all() for k, w in state.items() if k.startswith("head."))
+
+
+def test_a_timm_efficientnet_pretrains_probes_and_fine_tunes(tiny_overrides, data_root, tmp_path):
+    import timm
+
+    run = tmp_path / "effnet"
+    args = ["train", str(REPO / "configs" / "demo.yaml"), *tiny_overrides, f"run_dir={run}",
+            "model.backbone=timm/efficientnet_b0", "train.max_steps=2"]  # fmt: skip
+    assert main(args) == 0
+    exported = torch.load(run / "backbone.pt", weights_only=True)
+    assert exported["backbone"]["name"] == "timm/efficientnet_b0"
+    timm.create_model("efficientnet_b0", num_classes=0).load_state_dict(exported["state_dict"])
+    assert main(["probe", str(run), "--data", str(data_root), "--datasets", "cifar10"]) == 0
+    (probed,) = json.loads((run / "report.json").read_text())["probe"]["results"]
+    assert probed["trained"]["knn_top1"] >= 0 and probed["random_init"] is not None
+    tuned = finetune_args(run, data_root, "--recipe", "head_then_unfreeze", "epochs=1",
+                          "unfreeze_epochs=1", "baseline=false")  # fmt: skip
+    assert main(tuned) == 0
+    folder = run / "finetune" / "cifar10" / "head_then_unfreeze"
+    history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
+    assert [e["phase"] for e in history] == ["frozen_base", "unfrozen"]
+    assert json.loads((folder / "report.json").read_text())["test_accuracy"]["pretrained"] >= 0

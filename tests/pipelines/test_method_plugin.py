@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.arguments import ArgumentError
 from selfsup.errors import ConfigError
 from selfsup.pipelines.config import choices, load_config, method_keys
 from selfsup.pipelines.train.trainer import train
-from selfsup.ssl.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig, register_method
 from selfsup.ssl.outputs import StepOutput
@@ -54,11 +54,14 @@ class Toy(nn.Module):
         return StepOutput(loss=loss, metrics={"loss/toy": loss.detach()})
 
 
+# Registered at import, as a plugin module would (and stays registered: registries
+# have no removal, so what a test registers is named to stay out of others' way).
+register_method("toy", ToyConfig)(Toy)
+
+
 @pytest.fixture
 def toy_method():
-    register_method("toy", ToyConfig)(Toy)
-    yield
-    METHODS.unregister("toy")
+    assert "toy" in METHODS
 
 
 @pytest.fixture
@@ -90,6 +93,8 @@ def test_the_registry_feeds_choices_keys_and_errors(toy_method, overrides):
         load_config(None, [*overrides, "method.proj_num_layers=3"])
 
 
-def test_without_registration_the_name_is_refused(overrides):
-    with pytest.raises(ConfigError, match="config key 'method.name' is 'toy'"):
-        load_config(None, overrides)
+def test_a_name_is_registered_once_and_others_are_refused(overrides):
+    with pytest.raises(ValueError, match="method 'toy' is registered already"):
+        register_method("toy", ToyConfig)(Toy)
+    with pytest.raises(ConfigError, match=r"config key 'method.name' is 'toyy' \(did you mean"):
+        load_config(None, [*overrides[:-1], "method.name=toyy"])

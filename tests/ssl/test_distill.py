@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.backbones import Backbone, build_backbone
 from selfsup.ssl.distill import (
     DistillConfig,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.ssl.arguments import ArgumentError
+from selfsup.arguments import ArgumentError
 from selfsup.ssl.sparsity import (
     MagnitudePruner,
     SparsityConfig,

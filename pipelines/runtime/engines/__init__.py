@@ -8,22 +8,26 @@ the config and the launcher's environment.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from selfsup.errors import ConfigError
-from selfsup.registry import Registry, UnknownName
-
-if TYPE_CHECKING:  # config.py reads ENGINES; at run time this module needs no config
-    from selfsup.pipelines.config import RunConfig
-from selfsup.pipelines.runtime.distributed import DistEnv, detect_env, device_for
+from selfsup.pipelines.config import RunConfig, register_choices
+from selfsup.pipelines.runtime.distributed import (
+    DEVICES,
+    DistEnv,
+    detect_env,
+    device_for,
+    resolve_device,
+)
 from selfsup.pipelines.runtime.engines.base import (
+    EVAL_PRECISIONS,
     PRECISIONS,
     Engine,
     check_precision,
-    resolve_device,
 )
+from selfsup.registry import Registry, UnknownName
 
 # Each entry builds its engine from the run config and the engine options
 # shared by all; DDP and DeepSpeed are imported only when chosen.
@@ -90,6 +94,7 @@ def compile_mode(setting: bool | str, mode: str, engine: str, device: torch.devi
     return mode if setting else None
 
 
-def cpu_engine(precision: str = "fp32") -> Engine:
-    """A single-process CPU engine (evaluation, tools)."""
-    return Engine(torch.device("cpu"), precision, None)
+register_choices("train.precision", lambda: tuple(PRECISIONS))
+register_choices("train.device", lambda: DEVICES)
+register_choices("train.engine", ENGINES.names)
+register_choices("probe.precision", lambda: EVAL_PRECISIONS)

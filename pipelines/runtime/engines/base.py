@@ -40,18 +40,6 @@ from selfsup.pipelines.runtime.distributed import DistEnv
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Feature extraction for evaluation runs on CPUs too, where fp16 autocast does not.
 EVAL_PRECISIONS = tuple(name for name in PRECISIONS if name != "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str, setting: str = "train.device") -> torch.device:
-    """``auto`` picks the GPU when there is one; ``setting`` names the option in errors."""
-    if name not in DEVICES:
-        raise ConfigError(f"{setting} is '{name}'; valid devices: {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{setting} cuda, but no GPU is visible; use cpu or auto")
-    return torch.device(name)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -78,9 +66,7 @@ class Engine:
         env: DistEnv | None = None,
         compile: str | None = None,
     ) -> None:
-        check_precision(precision, device)
-        if grad_accum_steps < 1:
-            raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+        check_precision(precision, device)  # the device is known only here
         self.device = device
         self.precision = precision
         self.clip_grad_norm = clip_grad_norm

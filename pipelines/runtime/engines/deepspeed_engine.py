@@ -123,9 +123,7 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.deepspeed = require_deepspeed()
-        if zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
-        self.zero_stage = zero_stage
+        self.zero_stage = zero_stage  # 0-3: checked with the config (config.validation)
         self.ds_config = deepspeed_config(
             micro_batch_size,
             self.grad_accum_steps,

@@ -12,7 +12,7 @@ from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, Tra
 from selfsup.pipelines.checkpoint.manifest import write_manifest
 from selfsup.pipelines.checkpoint.tools import inspect_checkpoint, verify_checkpoint
 from selfsup.pipelines.config import OptimConfig
-from selfsup.pipelines.runtime.engines import Engine, cpu_engine
+from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
 
 
@@ -41,7 +41,7 @@ def make(seed: int = 0, model: nn.Module | None = None, width: int = 8) -> Setup
     scheduler = build_scheduler(
         optimizer, OptimConfig(warmup_epochs=1), total_steps=20, steps_per_epoch=4
     )
-    engine = cpu_engine()
+    engine = Engine(torch.device("cpu"), "fp32", None)
     engine.setup(model, optimizer)
     return Setup(engine, model, optimizer, scheduler)
 
@@ -56,6 +56,31 @@ def save(directory, setup: Setup, step: int, **cadence):
     manager = manager_for(directory, setup, **cadence)
     manager.state.step, manager.state.epoch = step, step // 4
     return manager.save(step, force=True)
+
+
+def with_fp16_scaler(setup: Setup) -> Setup:
+    """The loss scaler fp16 training runs with (on the CPU here: fp16 autocast needs a GPU)."""
+    setup.engine.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+    return setup
+
+
+def test_an_fp16_loss_scale_round_trips_through_a_checkpoint(tmp_path):
+    a = with_fp16_scaler(make())
+    a.train(4)  # 4 finite steps: the scale doubles twice (growth every 2 steps)
+    a.engine.backward(a.model(torch.full((8, 4), float("inf"))).sum())  # an overflow: halved
+    a.engine.step()
+    scale, tracker = a.engine.scaler.get_scale(), a.engine.scaler.state_dict()["_growth_tracker"]
+    assert scale == 2048.0 and tracker == 0
+    a.train(1)  # one step into the next growth interval
+    path = save(tmp_path, a, 6)
+    assert read_meta(path)["engine_state"]["grad_scaler"]["scale"] == 2048.0
+    b = with_fp16_scaler(make(seed=1))
+    manager_for(tmp_path, b).load(path)
+    assert b.engine.scaler.get_scale() == 2048.0
+    assert b.engine.scaler.state_dict() == a.engine.scaler.state_dict()
+    a.train(1)
+    b.train(1)
+    assert a.engine.scaler.get_scale() == b.engine.scaler.get_scale() == 4096.0
 
 
 def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path):

@@ -34,15 +34,6 @@ def test_clipping_bounds_the_update():
     assert all(p.grad is None for p in model.parameters())  # gradients are cleared
 
 
-def test_engine_state_round_trips():
-    engine = build_engine(load_config(None, ["train.device=cpu"]))
-    assert engine.world_size == 1 and engine.rank == 0 and engine.is_main
-    state = engine.state_dict()
-    engine.load_state_dict(state)
-    # bf16 and fp32 train without a loss scaler: its state is empty and stays so.
-    assert state == {"grad_scaler": {}} and not engine.scaler.is_enabled()
-
-
 def test_device_and_engine_choices():
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():

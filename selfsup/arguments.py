@@ -1,4 +1,4 @@
-"""The error ``ssl`` raises for an argument it cannot use.
+"""The error ``ssl`` raises for an argument it cannot use (pure: every room may catch it).
 
 ``ssl`` knows nothing of configs: its errors name its own arguments
 (``image_size=30 is not divisible by patch_size=4``). The pipelines layer,
