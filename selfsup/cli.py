@@ -182,29 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit_eval.add_argument("--datasets", default="cifar10", help="comma-separated")
     submit_eval.add_argument(
-        "--task", choices=("probe", "finetune"), default="probe",
+        "--task",
+        choices=("probe", "finetune"),
+        default="probe",
         help="probe: linear probe + kNN; finetune: fine-tune recipes (selfsup finetune)",
-    )  # fmt: skip
+    )
     submit_eval.add_argument(
         "--lrs",
-        help="comma-separated learning rates: the probe's (default 0.001), or finetune.base_lr "
-        "(default: the recipe's)",
+        help="comma-separated learning rates: the probe's (default 0.001), or "
+        "finetune.optim.base_lr (default: the recipe's)",
     )
     submit_eval.add_argument(
         "--recipes", default="head_then_unfreeze,full", help="--task finetune: comma-separated"
     )
     submit_eval.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    submit_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                             help="probe or finetune setting, e.g. --set epochs=50 "
-                                  "(repeatable)")  # fmt: skip
+    submit_eval.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="probe or finetune setting, e.g. --set epochs=50 (repeatable)",
+    )
     submit_eval.add_argument(
         "--out", help="folder for logs and the report (default runs/eval-<time>)"
     )
     _add_cluster_flags(submit_eval)
     submit_eval.add_argument(
-        "--wait-min", type=float, default=None,
+        "--wait-min",
+        type=float,
+        default=None,
         help="give up waiting after this many minutes (tasks left running are cancelled)",
-    )  # fmt: skip
+    )
     submit_eval.add_argument(
         "--dry-run", action="store_true", help="list the tasks; submit nothing"
     )
@@ -381,9 +389,11 @@ def _add_sparsity_commands(commands: Any) -> None:
     prune.add_argument("--out", help="output .pt (default: <run>/pruned-<pattern>-<target>.pt)")
     prune.add_argument("--force", action="store_true", help="replace the output file if it exists")
     prune.add_argument(
-        "--recover-steps", type=int, default=0,
+        "--recover-steps",
+        type=int,
+        default=0,
         help="then distil the dense model into the pruned one for N steps",
-    )  # fmt: skip
+    )
     prune.add_argument("overrides", nargs="*", help="the recovery run's key=value overrides")
     prune.set_defaults(func=cmd_prune)
 
@@ -394,11 +404,18 @@ def _add_sparsity_commands(commands: Any) -> None:
     sweep.add_argument("--targets", default="0,0.5,0.75,0.9", help="comma-separated shares")
     sweep.add_argument("--patterns", default="unstructured,2:4", help="comma-separated")
     sweep.add_argument(
-        "--recover-steps", type=int, default=0,
+        "--recover-steps",
+        type=int,
+        default=0,
         help="also distil each pruned model from the dense one for N steps",
-    )  # fmt: skip
-    sweep.add_argument("--recover", action="append", default=[], metavar="KEY=VALUE",
-                       help="an override of the recovery runs (repeatable)")  # fmt: skip
+    )
+    sweep.add_argument(
+        "--recover",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of the recovery runs (repeatable)",
+    )
     sweep.add_argument("--out", help="report folder (default: <run>/sparsity)")
     sweep.add_argument("--data", help="root folder holding the evaluation datasets")
     sweep.add_argument("--datasets", help="comma-separated, e.g. cifar10")
@@ -438,9 +455,15 @@ def cmd_sparsity_sweep(args: argparse.Namespace) -> int:
     settings = probe_config_for(Path(args.source), _evaluation_overrides(args))
     out = Path(args.out) if args.out else _next_to_source(args.source, "sparsity")
     report = run_sweep(
-        args.source, _numbers(args.targets, "--targets"), args.patterns.split(","), out,
-        settings, args.recover_steps, args.recover, args.device,
-    )  # fmt: skip
+        args.source,
+        _numbers(args.targets, "--targets"),
+        args.patterns.split(","),
+        out,
+        settings,
+        args.recover_steps,
+        args.recover,
+        args.device,
+    )
     for point in report["points"]:
         scores = ", ".join(
             f"{d} kNN {point['knn'][d]:.2f} linear {point['linear'][d]:.2f}" for d in point["knn"]
@@ -486,9 +509,12 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster", help="profile: a name in configs/cluster/ or a YAML path")
     for option in cli_options():
         group.add_argument(
-            option.flag, dest=option.dest, type=option.type, help=option.help,
+            option.flag,
+            dest=option.dest,
+            type=option.type,
+            help=option.help,
             metavar=option.metavar,
-        )  # fmt: skip
+        )
 
 
 def _cluster_profile(args: argparse.Namespace):
@@ -544,8 +570,9 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
 
         recipes = [r for r in args.recipes.split(",") if r]
         rates: list[float | None] = [*lrs] or [None]
-        tasks: list = finetune_sweep(paths, datasets, recipes, rates, list(args.set),
-                                     out.absolute(), args.device)  # fmt: skip
+        tasks: list = finetune_sweep(
+            paths, datasets, recipes, rates, list(args.set), out.absolute(), args.device
+        )
         run, write = run_finetune_task, write_finetune_eval_report
         labels = [task.label() for task in tasks]
     else:

@@ -41,9 +41,11 @@ class ClusterProfile:
     # Seconds between SLURM's USR2 warning and the kill: time to reach a step
     # boundary and write one checkpoint.
     signal_delay_s: int = flag(
-        120, help="seconds between the preemption warning and the kill", name="--signal-delay",
+        120,
+        help="seconds between the preemption warning and the kill",
+        name="--signal-delay",
         metavar="S",
-    )  # fmt: skip
+    )
     max_requeues: int = flag(3, help="preemptions/timeouts a job may be requeued after")
     setup: list[str] = field(default_factory=list)  # shell lines run first (module load ...)
     env: dict[str, str] = field(default_factory=dict)  # environment variables for the job

@@ -91,9 +91,12 @@ class FrozenTeacher(nn.Module):
                 images = images * self.scale + self.shift
             if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
                 images = F.interpolate(
-                    images, size=(self.image_size, self.image_size), mode="bilinear",
-                    align_corners=False, antialias=images.shape[-1] > self.image_size,
-                )  # fmt: skip
+                    images,
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=images.shape[-1] > self.image_size,
+                )
             return self.network(images).float()
 
 
@@ -171,9 +174,11 @@ def seed_loss(
     student = torch.cat([p @ queue.T, own[0]], dim=1) / student_temperature
     teacher = torch.cat([t @ queue.T, own[1]], dim=1) / teacher_temperature
     return F.kl_div(
-        F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1),
-        log_target=True, reduction="batchmean",
-    )  # fmt: skip
+        F.log_softmax(student, dim=1),
+        F.log_softmax(teacher, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def logit_distillation_loss(
@@ -229,10 +234,18 @@ class DistillConfig(MethodConfig):
             raise ArgumentError(
                 "every loss is off: set regression=cosine with regression_weight=1, or "
                 "seed_weight=1, or simclr_weight=1 (any weight above 0)",
-                "regression", "regression_weight", "seed_weight", "simclr_weight",
-            )  # fmt: skip
-        for option in ("seed_queue_size", "seed_student_temperature",
-                       "seed_teacher_temperature", "temperature", "proj_output_dim"):  # fmt: skip
+                "regression",
+                "regression_weight",
+                "seed_weight",
+                "simclr_weight",
+            )
+        for option in (
+            "seed_queue_size",
+            "seed_student_temperature",
+            "seed_teacher_temperature",
+            "temperature",
+            "proj_output_dim",
+        ):
             check_positive(getattr(self, option), option)
         if self.simclr_weight > 0 and context.num_views < 2:
             raise ArgumentError(
@@ -256,9 +269,12 @@ class Distill(TeacherHolder):
     """Student backbone + projection head into the teacher's space, trained on the teacher."""
 
     def __init__(
-        self, backbone: Backbone, teacher: FrozenTeacher, config: DistillConfig,
+        self,
+        backbone: Backbone,
+        teacher: FrozenTeacher,
+        config: DistillConfig,
         distributed: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
@@ -303,17 +319,23 @@ class Distill(TeacherHolder):
         if self.queue is not None:
             queue = self.queue.embeddings.clone()
             terms["seed"] = seed_loss(
-                projections, targets, queue,
-                config.seed_student_temperature, config.seed_teacher_temperature,
-            )  # fmt: skip
+                projections,
+                targets,
+                queue,
+                config.seed_student_temperature,
+                config.seed_teacher_temperature,
+            )
             # One view per image: the queue holds distinct images, as SEED's does.
             self.queue.push(F.normalize(targets[:batch], dim=-1))
         if self.projection_head is not None:
             z = self.projection_head(features).float().split(batch)
             pairs = list(combinations(range(len(views)), 2))
             terms["ntxent"] = sum(self.criterion(z[i], z[j]) for i, j in pairs) / len(pairs)
-        weights = {"regression": config.regression_weight, "seed": config.seed_weight,
-                   "ntxent": config.simclr_weight}  # fmt: skip
+        weights = {
+            "regression": config.regression_weight,
+            "seed": config.seed_weight,
+            "ntxent": config.simclr_weight,
+        }
         # stack + sum, not Python's sum: under torch.compile, a weight of 1.0 folded
         # ``loss`` into an alias of its term, and with the term's detached copy also
         # returned (a metric) the compiled loss came back without a gradient.

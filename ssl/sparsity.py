@@ -213,10 +213,13 @@ class MagnitudePruner(BaseSparsifier):
     def attach(self, network: nn.Module, layers: Iterable[str]) -> None:
         """Give each named layer's weight an all-ones :class:`KeptMask` (nothing pruned yet)."""
         config = [
-            {"tensor_fqn": f"{name}.weight", "parametrization": KeptMask,
-             "mask": torch.ones_like(layer_weight(network, name), dtype=torch.bool)}
+            {
+                "tensor_fqn": f"{name}.weight",
+                "parametrization": KeptMask,
+                "mask": torch.ones_like(layer_weight(network, name), dtype=torch.bool),
+            }
             for name in layers
-        ]  # fmt: skip
+        ]
         self.prepare(network, config)
 
     def set_level(self, level: float) -> None:
@@ -226,9 +229,14 @@ class MagnitudePruner(BaseSparsifier):
         self.step()
 
     def update_mask(  # type: ignore[override]
-        self, module: nn.Module, tensor_name: str, sparsity_level: float, pattern: str,
-        block: tuple[int, int], **kwargs: Any,
-    ) -> None:  # fmt: skip
+        self,
+        module: nn.Module,
+        tensor_name: str,
+        sparsity_level: float,
+        pattern: str,
+        block: tuple[int, int],
+        **kwargs: Any,
+    ) -> None:
         mask = getattr(module.parametrizations, tensor_name)[0].mask
         original = getattr(module.parametrizations, tensor_name).original
         new = magnitude_mask(original, mask, sparsity_level, pattern, tuple(block))  # type: ignore[arg-type]

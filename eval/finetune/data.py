@@ -64,7 +64,8 @@ def load_splits(
     seed: int = 0,
 ) -> Splits:
     """Train/validation from the dataset's training split, test from its test split."""
-    train, val = carve_validation(open_dataset(name, "train", data_path), val_fraction,
-                                  train_samples, seed)  # fmt: skip
+    train, val = carve_validation(
+        open_dataset(name, "train", data_path), val_fraction, train_samples, seed
+    )
     test = take_subset(open_dataset(name, "test", data_path), test_samples, seed)
     return Splits(train=train, val=val, test=test)

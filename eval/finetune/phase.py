@@ -23,7 +23,6 @@ from selfsup.pipelines.config import (
     DataConfig,
     FinetuneConfig,
     ModelConfig,
-    OptimConfig,
     RunConfig,
 )
 from selfsup.pipelines.data.augment import BatchAugment
@@ -82,37 +81,51 @@ def phase_config(
         name=f"finetune-{inputs.dataset}-{phase.name}",
         run_dir=str(phase_dir),
         data=DataConfig(
-            dataset=inputs.dataset, path=ft.data_path, image_size=inputs.image_size,
-            batch_size=ft.batch_size, num_workers=ft.num_workers,
-            mean=list(info.mean), std=list(info.std),
+            dataset=inputs.dataset,
+            path=ft.data_path,
+            image_size=inputs.image_size,
+            batch_size=ft.batch_size,
+            num_workers=ft.num_workers,
+            mean=list(info.mean),
+            std=list(info.std),
         ),
         augment=AugmentConfig(
-            num_views=1, crop_scale=list(ft.crop_scale), hflip_prob=ft.hflip_prob,
-            color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+            num_views=1,
+            crop_scale=list(ft.crop_scale),
+            hflip_prob=ft.hflip_prob,
+            color_jitter_prob=0.0,
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            solarize_prob=0.0,
         ),
         model=ModelConfig(
-            backbone=info.name, source=info.source, cifar_stem=info.cifar_stem,
-            patch_size=info.patch_size, pool=info.pool, channels_last=run.model.channels_last,
+            backbone=info.name,
+            source=info.source,
+            cifar_stem=info.cifar_stem,
+            patch_size=info.patch_size,
+            pool=info.pool,
+            channels_last=run.model.channels_last,
         ),
-        optim=OptimConfig(
-            name=ft.optimizer, base_lr=ft.base_lr * phase.lr_factor,
-            weight_decay=ft.weight_decay, momentum=ft.momentum,
-            warmup_epochs=ft.warmup_epochs, schedule=ft.schedule,
-            step_epochs=list(ft.step_epochs), step_gamma=ft.step_gamma,
-        ),
+        optim=dataclasses.replace(ft.optim, base_lr=ft.optim.base_lr * phase.lr_factor),
         train=dataclasses.replace(
-            run.train, epochs=phase.epochs, max_steps=None, log_every=ft.log_every,
-            engine=engine.name, grad_accum_steps=1,
+            run.train,
+            epochs=phase.epochs,
+            max_steps=None,
+            log_every=ft.log_every,
+            engine=engine.name,
+            grad_accum_steps=1,
         ),
         checkpoint=CheckpointConfig(every_steps=per_epoch, keep_last=1),
         # A sparse fine-tune prunes once, before its first step, and keeps the masks:
         # a sparse backbone's zeros are its smallest weights, so they stay the zeros.
         sparsity=dataclasses.replace(run.sparsity, schedule="one_shot", start=0),
         method=SupervisedConfig(
-            num_classes=inputs.splits.num_classes, head_hidden=list(ft.head_hidden),
-            head_dropout=ft.head_dropout, label_smoothing=ft.label_smoothing,
+            num_classes=inputs.splits.num_classes,
+            head_hidden=list(ft.head_hidden),
+            head_dropout=ft.head_dropout,
+            label_smoothing=ft.label_smoothing,
         ),
-    )  # fmt: skip
+    )
 
 
 def phase_parts(
@@ -129,20 +142,26 @@ def phase_parts(
         if phase.frozen_base:
             classifier.freeze_base()
         ft, teacher = inputs.ft, inputs.teacher
-        objective = SupervisedObjective(classifier, ft.label_smoothing, teacher,
-                                        ft.distill_temperature, ft.distill_alpha)  # fmt: skip
+        objective = SupervisedObjective(
+            classifier, ft.label_smoothing, teacher, ft.distill_temperature, ft.distill_alpha
+        )
         parts = TrainParts(
             model=objective,
             loader=_loader(inputs, config, engine),
-            augment=BatchAugment(config.augment, inputs.image_size, list(inputs.info.mean),
-                                 list(inputs.info.std), config.model.channels_last),
+            augment=BatchAugment(
+                config.augment,
+                inputs.image_size,
+                list(inputs.info.mean),
+                list(inputs.info.std),
+                config.model.channels_last,
+            ),
             param_groups=_layer_decay(objective, inputs, config, phase),
             inputs=_mixing(inputs),
             on_epoch_end=Validator(inputs, history, epochs_before, phase),
             export=partial(export_phase, inputs),
             count_flops=False,
             label=f"fine-tune ({inputs.init}, {phase.name})",
-        )  # fmt: skip
+        )
         return with_teacher_checks(parts, teacher)
 
     return build
@@ -152,8 +171,9 @@ def starting_classifier(inputs: PhaseInputs, previous: Path | None) -> Classifie
     """A phase's starting point: the start's backbone and a new head, or the last phase's."""
     ft = inputs.ft
     backbone = inputs.info.build(image_size=inputs.image_size, drop_path=_drop_path(inputs))
-    classifier = Classifier(backbone, inputs.splits.num_classes, list(ft.head_hidden),
-                            ft.head_dropout)  # fmt: skip
+    classifier = Classifier(
+        backbone, inputs.splits.num_classes, list(ft.head_hidden), ft.head_dropout
+    )
     if previous is None:
         backbone.trunk.load_state_dict(inputs.trunk)
     else:
@@ -169,11 +189,18 @@ def _loader(inputs: PhaseInputs, config: RunConfig, engine: Engine) -> Torchvisi
     ft = inputs.ft
     low, high = ft.crop_scale
     spec = ViewSpec(
-        image_size=inputs.image_size, crop_scale=(float(low), float(high)), num_views=1,
-        batch_size=ft.batch_size, num_workers=loader_workers(ft.num_workers),
-        seed=config.train.seed, rank=engine.rank, world_size=engine.world_size,
-        crop=ft.crop, padding=ft.crop_padding, randaugment=ft.randaugment,
-    )  # fmt: skip
+        image_size=inputs.image_size,
+        crop_scale=(float(low), float(high)),
+        num_views=1,
+        batch_size=ft.batch_size,
+        num_workers=loader_workers(ft.num_workers),
+        seed=config.train.seed,
+        rank=engine.rank,
+        world_size=engine.world_size,
+        crop=ft.crop,
+        padding=ft.crop_padding,
+        randaugment=ft.randaugment,
+    )
     return TorchvisionTrainLoader(
         inputs.splits.train, spec, pin_memory=engine.device.type == "cuda"
     )
@@ -205,9 +232,12 @@ def _mixing(inputs: PhaseInputs) -> Any:
     if ft.mixup > 0 or ft.cutmix > 0:
         from timm.data import Mixup
 
-        mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix,
-                      label_smoothing=ft.label_smoothing,
-                      num_classes=inputs.splits.num_classes)  # fmt: skip
+        mixup = Mixup(
+            mixup_alpha=ft.mixup,
+            cutmix_alpha=ft.cutmix,
+            label_smoothing=ft.label_smoothing,
+            num_classes=inputs.splits.num_classes,
+        )
 
     def make(views: list[torch.Tensor], labels: torch.Tensor, seed: int) -> Labelled:
         if mixup is None:
@@ -229,8 +259,14 @@ def export_phase(inputs: PhaseInputs, trainer: Trainer, state: dict[str, torch.T
     """The phase's final weights, for the next phase to start from."""
     path = trainer.run_dir / CLASSIFIER_FILE
     weights = {k[len("classifier.") :]: v for k, v in state.items() if k.startswith("classifier.")}
-    save_classifier(path, weights, inputs.info, inputs.splits.classes, list(inputs.ft.head_hidden),
-                    {"phase": trainer.run_dir.name})  # fmt: skip
+    save_classifier(
+        path,
+        weights,
+        inputs.info,
+        inputs.splits.classes,
+        list(inputs.ft.head_hidden),
+        {"phase": trainer.run_dir.name},
+    )
     return path
 
 
@@ -239,29 +275,43 @@ class Validator:
 
     def __init__(self, inputs: PhaseInputs, history: History, epochs_before: int, phase: Phase):
         self.inputs, self.history, self.epochs_before, self.phase = (
-            inputs, history, epochs_before, phase,
-        )  # fmt: skip
+            inputs,
+            history,
+            epochs_before,
+            phase,
+        )
         ft = inputs.ft
-        self.batches = eval_loader(inputs.splits.val, inputs.image_size, ft.batch_size,
-                                   loader_workers(ft.num_workers))  # fmt: skip
+        self.batches = eval_loader(
+            inputs.splits.val, inputs.image_size, ft.batch_size, loader_workers(ft.num_workers)
+        )
 
     def __call__(self, trainer: Trainer) -> None:
         objective = trainer.engine.unwrap()
         assert isinstance(objective, SupervisedObjective)
         info = self.inputs.info
         with torch.random.fork_rng(devices=[]):  # the loader's workers draw a seed
-            logits, labels = predict(objective.classifier, self.batches, trainer.engine.device,
-                                     info.mean, info.std, trainer.engine.dtype)  # fmt: skip
+            logits, labels = predict(
+                objective.classifier,
+                self.batches,
+                trainer.engine.device,
+                info.mean,
+                info.std,
+                trainer.engine.dtype,
+            )
         objective.train()  # a frozen base stays in eval mode (Classifier.train)
         val = score(logits, labels, self.inputs.splits.num_classes)
         epoch = self.epochs_before + trainer.state.step // trainer.steps_per_epoch
         means = trainer.epoch_means()
         entry = {
-            "epoch": epoch, "phase": self.phase.name, "step": trainer.state.step,
-            "train_loss": means.get("loss"), "train_accuracy": means.get("accuracy"),
-            "val_loss": val.loss, "val_accuracy": val.accuracy,
+            "epoch": epoch,
+            "phase": self.phase.name,
+            "step": trainer.state.step,
+            "train_loss": means.get("loss"),
+            "train_accuracy": means.get("accuracy"),
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
             "lr": max(g["lr"] for g in trainer.optimizer.param_groups),
-        }  # fmt: skip
+        }
         best = self.history.best_before(epoch)
         self.history.record(entry)
         self._log(trainer, entry)
@@ -269,17 +319,22 @@ class Validator:
             save_classifier(
                 self.history.path.parent / CLASSIFIER_FILE,
                 fold_mask_keys(objective.classifier.state_dict()),  # a sparse run's real zeros
-                info, self.inputs.splits.classes, list(self.inputs.ft.head_hidden),
+                info,
+                self.inputs.splits.classes,
+                list(self.inputs.ft.head_hidden),
                 {"epoch": epoch, "val_accuracy": val.accuracy, "init": self.inputs.init},
-            )  # fmt: skip
+            )
 
     @staticmethod
     def _log(trainer: Trainer, entry: dict[str, Any]) -> None:
         assert trainer.monitor is not None
         step = trainer.state.step
-        for tag, key in (("epoch/train_loss", "train_loss"),
-                         ("epoch/train_accuracy", "train_accuracy"),
-                         ("epoch/val_loss", "val_loss"), ("epoch/val_accuracy", "val_accuracy"),
-                         ("epoch/lr", "lr")):  # fmt: skip
+        for tag, key in (
+            ("epoch/train_loss", "train_loss"),
+            ("epoch/train_accuracy", "train_accuracy"),
+            ("epoch/val_loss", "val_loss"),
+            ("epoch/val_accuracy", "val_accuracy"),
+            ("epoch/lr", "lr"),
+        ):
             if entry[key] is not None:
                 trainer.monitor.add_scalar(tag, entry[key], step)

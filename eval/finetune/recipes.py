@@ -27,7 +27,7 @@ LINEAR = "linear"
 class Phase:
     name: str  # the phase's folder
     epochs: int
-    lr_factor: float  # x finetune.base_lr
+    lr_factor: float  # x finetune.optim.base_lr
     frozen_base: bool
 
 
@@ -62,9 +62,10 @@ def recipe_phases(ft: FinetuneConfig) -> list[Phase]:
 
 def optimisation_words(s: dict[str, Any]) -> str:
     """The optimiser, rate, schedule and smoothing of saved settings, as report prose."""
+    optim = s["optim"]
     return (
-        f"{s['optimizer']}, base lr {s['base_lr']:g} per 256 images, {s['schedule']} schedule, "
-        f"label smoothing {s['label_smoothing']:g}"
+        f"{optim['name']}, base lr {optim['base_lr']:g} per 256 images, {optim['schedule']} "
+        f"schedule, label smoothing {s['label_smoothing']:g}"
     )
 
 

@@ -173,13 +173,18 @@ def _finetune_dataset(
     source: Source, ft: FinetuneConfig, name: str, out_dir: Path, image_size: int, engine: Engine
 ) -> RecipeResult:
     seed = source.run_config.train.seed
-    splits = load_splits(name, ft.data_path, ft.val_fraction, ft.train_samples,
-                         ft.test_samples, seed)  # fmt: skip
+    splits = load_splits(
+        name, ft.data_path, ft.val_fraction, ft.train_samples, ft.test_samples, seed
+    )
     result = RecipeResult(
-        dataset=name, recipe=ft.recipe, classes=splits.classes,
-        train_images=len(splits.train), val_images=len(splits.val),
-        test_images=len(splits.test), image_size=image_size,
-    )  # fmt: skip
+        dataset=name,
+        recipe=ft.recipe,
+        classes=splits.classes,
+        train_images=len(splits.train),
+        val_images=len(splits.val),
+        test_images=len(splits.test),
+        image_size=image_size,
+    )
     recipe_dir = out_dir / FINETUNE_DIR / name / ft.recipe
     teacher = None
     if "distilled" in source.trunks:
@@ -187,11 +192,24 @@ def _finetune_dataset(
     for init, trunk in source.trunks.items():
         log.info(
             "fine-tuning (%s, %s) on %s: %d train / %d validation / %d test images at %d px",
-            ft.recipe, init, name, len(splits.train), len(splits.val), len(splits.test),
+            ft.recipe,
+            init,
+            name,
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
             image_size,
-        )  # fmt: skip
-        inputs = PhaseInputs(source.info, trunk, splits, ft, image_size, init, name,
-                             teacher=teacher if init == "distilled" else None)  # fmt: skip
+        )
+        inputs = PhaseInputs(
+            source.info,
+            trunk,
+            splits,
+            ft,
+            image_size,
+            init,
+            name,
+            teacher=teacher if init == "distilled" else None,
+        )
         result.results[init] = _finetune_init(source, inputs, recipe_dir / init, engine)
     return result
 
@@ -222,21 +240,30 @@ def _score_best(
     best = history.reload().best()
     classifier = starting_classifier(inputs, init_dir / CLASSIFIER_FILE)
     info, ft = inputs.info, inputs.ft
-    batches = eval_loader(inputs.splits.test, inputs.image_size, ft.batch_size,
-                          loader_workers(ft.num_workers))  # fmt: skip
+    batches = eval_loader(
+        inputs.splits.test, inputs.image_size, ft.batch_size, loader_workers(ft.num_workers)
+    )
     dtype = PRECISIONS.get(engine.precision)
-    logits, labels = predict(classifier.to(engine.device), batches, engine.device, info.mean,
-                             info.std, dtype)  # fmt: skip
+    logits, labels = predict(
+        classifier.to(engine.device), batches, engine.device, info.mean, info.std, dtype
+    )
     test = score(logits, labels, inputs.splits.num_classes)
     log.info(
         "%s (%s) on %s: test %.2f%% with epoch %d (validation %.2f%%)",
-        ft.recipe, inputs.init, inputs.dataset,
-        test.accuracy, best["epoch"], best["val_accuracy"],
-    )  # fmt: skip
+        ft.recipe,
+        inputs.init,
+        inputs.dataset,
+        test.accuracy,
+        best["epoch"],
+        best["val_accuracy"],
+    )
     return InitResult(
-        init=inputs.init, test=test, best_epoch=int(best["epoch"]),
-        best_val_accuracy=float(best["val_accuracy"]), history=history.epochs,
-    )  # fmt: skip
+        init=inputs.init,
+        test=test,
+        best_epoch=int(best["epoch"]),
+        best_val_accuracy=float(best["val_accuracy"]),
+        history=history.epochs,
+    )
 
 
 def _linear(
@@ -246,18 +273,29 @@ def _linear(
     from selfsup.eval.reports.finetune import write_recipe_report
 
     settings = dataclasses.replace(
-        source.run_config.probe, datasets=[name], data_path=ft.data_path,
-        train_samples=ft.train_samples, test_samples=ft.test_samples,
-        baseline=ft.baseline, image_size=image_size,
-    )  # fmt: skip
+        source.run_config.probe,
+        datasets=[name],
+        data_path=ft.data_path,
+        train_samples=ft.train_samples,
+        test_samples=ft.test_samples,
+        baseline=ft.baseline,
+        image_size=image_size,
+    )
     outcome = probe(source.info.origin, settings, device=device)
     (probed,) = outcome.results
     result = RecipeResult(
-        dataset=name, recipe="linear", classes=[], train_images=probed.train_images,
-        val_images=0, test_images=probed.test_images, image_size=image_size,
-        linear={"pretrained": asdict(probed.trained),
-                "scratch": asdict(probed.random_init) if probed.random_init else None},
-    )  # fmt: skip
+        dataset=name,
+        recipe="linear",
+        classes=[],
+        train_images=probed.train_images,
+        val_images=0,
+        test_images=probed.test_images,
+        image_size=image_size,
+        linear={
+            "pretrained": asdict(probed.trained),
+            "scratch": asdict(probed.random_init) if probed.random_init else None,
+        },
+    )
     write_recipe_report(result, out_dir / FINETUNE_DIR / name / "linear", ft)
     return result
 

@@ -24,9 +24,10 @@ CLASSIFIER_FILE = "classifier.pt"
 def find_teacher_classifier(teacher: str, dataset: str) -> Path:
     """The classifier file ``teacher`` names for ``dataset`` (one-line errors otherwise)."""
     path = existing_path(
-        teacher, "finetune.teacher",
+        teacher,
+        "finetune.teacher",
         "a fine-tuned classifier.pt, or the run directory whose `selfsup finetune` wrote one",
-    )  # fmt: skip
+    )
     if path.is_file():
         return path
     found = sorted(path.glob(f"**/{dataset}/*/pretrained/{CLASSIFIER_FILE}"))
@@ -63,6 +64,11 @@ def load_teacher_classifier(
             f"({', '.join(classes[:3])}, ...); pass a teacher fine-tuned on {dataset}"
         )
     return FrozenTeacher(
-        classifier, len(classes), info.image_size, (student.mean, student.std),
-        (info.mean, info.std), origin=str(path), sha256=weights_sha256(classifier.state_dict()),
-    )  # fmt: skip
+        classifier,
+        len(classes),
+        info.image_size,
+        (student.mean, student.std),
+        (info.mean, info.std),
+        origin=str(path),
+        sha256=weights_sha256(classifier.state_dict()),
+    )

@@ -143,10 +143,13 @@ def _probe_dataset(
     )
     log.info(
         "%s: linear %.2f%%, kNN %.2f%% (random init: %s)",
-        name, result.trained.linear_top1, result.trained.knn_top1,
+        name,
+        result.trained.linear_top1,
+        result.trained.knn_top1,
         f"linear {scores[1].linear_top1:.2f}%, kNN {scores[1].knn_top1:.2f}%"
-        if len(scores) > 1 else "not run",
-    )  # fmt: skip
+        if len(scores) > 1
+        else "not run",
+    )
     return result
 
 
@@ -186,12 +189,23 @@ def _score(
     settings: ProbeConfig,
 ) -> Scores:
     linear = train_linear_classifier(
-        train_x, train_y, test_x, test_y, num_classes,
-        epochs=settings.epochs, lr=settings.lr, weight_decay=settings.weight_decay,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
         batch_size=settings.batch_size,
-    )  # fmt: skip
+    )
     knn = knn_accuracy(
-        train_x, train_y, test_x, test_y, num_classes,
-        k=settings.knn_k, temperature=settings.knn_temperature,
-    )  # fmt: skip
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes,
+        k=settings.knn_k,
+        temperature=settings.knn_temperature,
+    )
     return Scores(linear_top1=linear.top1, knn_top1=knn, linear_train_top1=linear.train_top1)

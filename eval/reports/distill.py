@@ -70,8 +70,9 @@ def distillation_tables(runs: list[Path]) -> list[tuple[str, list[str], list[lis
     for student in (f for f in facts if f.config.method.name == "distill"):
         teacher_path: str = getattr(student.config.method, "teacher", "")
         teacher_dir = teacher_run_dir(teacher_path)
-        control = next((f for f in facts if f.config.method.name != "distill"
-                        and f.key == student.key), None)  # fmt: skip
+        control = next(
+            (f for f in facts if f.config.method.name != "distill" and f.key == student.key), None
+        )
         datasets = _probed_datasets([student.path, teacher_dir, control and control.path])
         header = ["role", "run", "backbone"]
         for name in datasets:
@@ -80,14 +81,25 @@ def distillation_tables(runs: list[Path]) -> list[tuple[str, list[str], list[lis
             load_saved_config(teacher_dir / CONFIG_FILE).model.backbone if teacher_dir else "-"
         )
         rows = [
-            ["teacher", str(teacher_dir or teacher_path), teacher_backbone,
-             *_accuracy_cells(teacher_dir, datasets)],
-            ["distilled student", student.path.name, student.config.model.backbone,
-             *_accuracy_cells(student.path, datasets)],
-            ["undistilled student", control.path.name if control else NO_CONTROL,
-             student.config.model.backbone,
-             *_accuracy_cells(control.path if control else None, datasets)],
-        ]  # fmt: skip
+            [
+                "teacher",
+                str(teacher_dir or teacher_path),
+                teacher_backbone,
+                *_accuracy_cells(teacher_dir, datasets),
+            ],
+            [
+                "distilled student",
+                student.path.name,
+                student.config.model.backbone,
+                *_accuracy_cells(student.path, datasets),
+            ],
+            [
+                "undistilled student",
+                control.path.name if control else NO_CONTROL,
+                student.config.model.backbone,
+                *_accuracy_cells(control.path if control else None, datasets),
+            ],
+        ]
         title = f"distillation: {student.path.name} from teacher {teacher_path} (top-1 %)"
         tables.append((title, header, rows))
     return tables

@@ -28,8 +28,12 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
-COLOURS = {"pretrained": "#1f77b4", "distilled": "#2ca02c", "scratch": "#d62728",
-           "supervised": "#9467bd"}  # fmt: skip
+COLOURS = {
+    "pretrained": "#1f77b4",
+    "distilled": "#2ca02c",
+    "scratch": "#d62728",
+    "supervised": "#9467bd",
+}
 
 
 def write_recipe_report(result: RecipeResult, out_dir: Path, ft: FinetuneConfig) -> dict[str, Any]:
@@ -77,12 +81,19 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         rows.append([init, f"{accuracy:.2f}" if accuracy is not None else "-", epoch, val])
     header = ["init", "test top-1 (%)", "best epoch", "validation top-1 (%)"]
     lines += markdown_table(header, rows)
-    lines += ["", "*Scratch*: the same architecture and recipe from the weights the "
-              "pretraining started from (same seed).", ""]  # fmt: skip
+    lines += [
+        "",
+        "*Scratch*: the same architecture and recipe from the weights the "
+        "pretraining started from (same seed).",
+        "",
+    ]
     if "supervised" in report["test_accuracy"]:
         origin = report["settings"].get("supervised", "")
-        lines += [f"*Supervised*: the library's ImageNet classifier weights ({origin}), its "
-                  "classifier dropped, fine-tuned with the same recipe.", ""]  # fmt: skip
+        lines += [
+            f"*Supervised*: the library's ImageNet classifier weights ({origin}), its "
+            "classifier dropped, fine-tuned with the same recipe.",
+            "",
+        ]
     if report["results"]:
         lines += _per_class_table(report)
     for plot in plots:
@@ -122,8 +133,14 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     for init, run in report["results"].items():
         epochs = [e["epoch"] for e in run["history"]]
         colour = COLOURS.get(init, "#555555")
-        ax.plot(epochs, [e["val_accuracy"] for e in run["history"]], color=colour,
-                marker="o", markersize=3, label=f"{init}: validation")  # fmt: skip
+        ax.plot(
+            epochs,
+            [e["val_accuracy"] for e in run["history"]],
+            color=colour,
+            marker="o",
+            markersize=3,
+            label=f"{init}: validation",
+        )
         train = [e["train_accuracy"] for e in run["history"]]
         ax.plot(epochs, train, color=colour, linestyle="--", alpha=0.6, label=f"{init}: train")
         ax.axvline(run["best_epoch"], color=colour, linestyle=":", alpha=0.5)
@@ -160,8 +177,15 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
         ax.set_yticks(ticks, report["classes"], fontsize=7)
         for (i, j), share in np.ndenumerate(shares):
             if share >= 0.05:
-                ax.text(j, i, f"{100 * share:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if share > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * share:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share > 0.5 else "black",
+                )
         accuracy = report["results"][init]["test"]["accuracy"]
         ax.set_title(f"{init}: {accuracy:.1f}%", fontsize=10)
         ax.set_xlabel("predicted")

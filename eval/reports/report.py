@@ -153,10 +153,15 @@ def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 ACCURACY_HEADER = [
-    "dataset", "train / test images",
-    "linear (trained)", "linear (random init)", "linear gain",
-    "kNN (trained)", "kNN (random init)", "kNN gain",
-]  # fmt: skip
+    "dataset",
+    "train / test images",
+    "linear (trained)",
+    "linear (random init)",
+    "linear gain",
+    "kNN (trained)",
+    "kNN (random init)",
+    "kNN gain",
+]
 
 
 def render_markdown(report: dict[str, Any], has_plot: bool) -> str:
@@ -313,9 +318,12 @@ def comparison(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
 
 
 TRANSFER_HEADER = [
-    "run", "kNN (trained / random init)", "linear (trained / random init)",
-    "head_then_unfreeze (pretrained / scratch)", "full (pretrained / scratch)",
-]  # fmt: skip
+    "run",
+    "kNN (trained / random init)",
+    "linear (trained / random init)",
+    "head_then_unfreeze (pretrained / scratch)",
+    "full (pretrained / scratch)",
+]
 NOT_EVALUATED = "not evaluated yet: run `selfsup probe RUN` and `selfsup finetune RUN`"
 
 

@@ -26,13 +26,13 @@ class FinetuneTask:
     source: str  # run directory, checkpoint folder or .pt
     dataset: str
     recipe: str
-    lr: float | None  # finetune.base_lr; None: the recipe's
+    lr: float | None  # finetune.optim.base_lr; None: the recipe's
     overrides: tuple[str, ...]  # finetune.* (and train.*) overrides of every task
     out: str  # this task's folder (selfsup finetune --out)
     device: str = "auto"
 
     def arguments(self) -> list[str]:
-        lr = [] if self.lr is None else [f"base_lr={self.lr}"]
+        lr = [] if self.lr is None else [f"optim.base_lr={self.lr}"]
         return [*self.overrides, f"datasets=[{self.dataset}]", *lr]
 
     def label(self) -> str:
@@ -66,7 +66,7 @@ def run_finetune_task(task: FinetuneTask) -> dict[str, Any]:
     (result,) = finetune(load_source(task.source, config), Path(task.out), task.device)
     return {
         **asdict(task),
-        "lr": config.finetune.base_lr,
+        "lr": config.finetune.optim.base_lr,
         "test_accuracy": test_accuracies(asdict(result)),
         "best_epoch": {init: r.best_epoch for init, r in result.results.items()},
         "report": str(Path(task.out) / "finetune" / task.dataset / task.recipe / "report.md"),
@@ -88,11 +88,25 @@ def write_finetune_eval_report(
         if scores["pretrained"] == best[(row["source"], row["dataset"], row["recipe"])]:
             pretrained = f"**{pretrained}**"
         scratch = f"{scores['scratch']:.2f}" if scores.get("scratch") is not None else "-"
-        table.append([row["source"], row["dataset"], row["recipe"], f"{row['lr']:g}",
-                      pretrained, scratch, row["report"]])  # fmt: skip
+        table.append(
+            [
+                row["source"],
+                row["dataset"],
+                row["recipe"],
+                f"{row['lr']:g}",
+                pretrained,
+                scratch,
+                row["report"],
+            ]
+        )
     return write_sweep_report(
-        out_dir, FORMAT, "# selfsup fine-tune sweep", rows, failures,
+        out_dir,
+        FORMAT,
+        "# selfsup fine-tune sweep",
+        rows,
+        failures,
         ["source", "dataset", "recipe", "base lr", "pretrained top-1", "scratch top-1", "report"],
-        table, "Scratch: the same recipe from the run's initial weights (the control); bold: "
+        table,
+        "Scratch: the same recipe from the run's initial weights (the control); bold: "
         "the best rate per source, dataset and recipe.",
-    )  # fmt: skip
+    )

@@ -76,16 +76,27 @@ def write_eval_report(rows: list[dict[str, Any]], failures: list[str], out_dir: 
         linear = f"{row['linear_top1']:.2f}"
         if row["linear_top1"] == best[(row["checkpoint"], row["dataset"])]:
             linear = f"**{linear}**"
-        table.append([
-            row["checkpoint"], str(row["step"]), row["dataset"], f"{row['lr']:g}",
-            f"{row['train_images']:,} / {row['test_images']:,}", linear,
-            f"{row['knn_top1']:.2f}",
-        ])  # fmt: skip
+        table.append(
+            [
+                row["checkpoint"],
+                str(row["step"]),
+                row["dataset"],
+                f"{row['lr']:g}",
+                f"{row['train_images']:,} / {row['test_images']:,}",
+                linear,
+                f"{row['knn_top1']:.2f}",
+            ]
+        )
     return write_sweep_report(
-        out_dir, "selfsup.eval_report/1", "# selfsup evaluation sweep", rows, failures,
+        out_dir,
+        "selfsup.eval_report/1",
+        "# selfsup evaluation sweep",
+        rows,
+        failures,
         ["checkpoint", "step", "dataset", "lr", "train / test", "linear top-1", "kNN top-1"],
-        table, "Bold: the best linear-probe learning rate for that checkpoint and dataset.",
-    )  # fmt: skip
+        table,
+        "Bold: the best linear-probe learning rate for that checkpoint and dataset.",
+    )
 
 
 def write_sweep_report(

@@ -76,17 +76,21 @@ def run_sweep(
         knn, linear = _scores(pruned.path, settings, device)
         row = SweepPoint(pattern, target, pruned.overall, str(pruned.path), knn, linear)
         if recover_steps > 0:
-            recovered = recover(pruned, config, recover_steps, out / "recovered" / tag,
-                                recover_overrides or [])  # fmt: skip
+            recovered = recover(
+                pruned, config, recover_steps, out / "recovered" / tag, recover_overrides or []
+            )
             row.recovered_knn, row.recovered_linear = _scores(recovered, settings, device)
         rows.append(row)
-    return write_sweep_report(rows, source, settings, recover_steps, out)
+    return write_sparsity_report(rows, source, settings, recover_steps, out)
 
 
-def write_sweep_report(
-    rows: list[SweepPoint], source: str | Path, settings: ProbeConfig, recover_steps: int,
+def write_sparsity_report(
+    rows: list[SweepPoint],
+    source: str | Path,
+    settings: ProbeConfig,
+    recover_steps: int,
     out: Path,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     report = {
         "format": "selfsup.sparsity_sweep/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -123,23 +127,30 @@ def render_sweep(report: dict[str, Any]) -> str:
             if recovered:
                 cells += [_cell(r.recovered_knn, d), _cell(r.recovered_linear, d)]
         table.append(cells)
-    lines = [f"# Accuracy against sparsity: `{report['source']}`", "",
-             *markdown_table(header, table)]  # fmt: skip
+    lines = [
+        f"# Accuracy against sparsity: `{report['source']}`",
+        "",
+        *markdown_table(header, table),
+    ]
     probe = report["probe"]
     lines += [
         "",
         "Top-1 %. *zeros*: the share of zero weights in the pruned layers (every convolution "
         "and linear layer of the backbone but the stem, patch embedding and classifier). "
         "One-shot magnitude pruning of the dense model (first row: the control). "
-        + (f"*recovered*: {report['recover_steps']} steps of distillation from the dense model "
-           "with the masks fixed. " if recovered else "")
+        + (
+            f"*recovered*: {report['recover_steps']} steps of distillation from the dense model "
+            "with the masks fixed. "
+            if recovered
+            else ""
+        )
         + f"Probe: linear {probe['epochs']} epochs, kNN k={probe['knn_k']}.",
         "",
         f"![accuracy against sparsity]({PLOT_PNG})",
         "",
         f"Generated {report['created']}.",
         "",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -151,8 +162,9 @@ def plot_sweep(rows: list[SweepPoint], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(rows[0].knn)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6), dpi=120,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(5.5 * len(datasets), 3.6), dpi=120, squeeze=False
+    )
     for ax, dataset in zip(axes[0], datasets, strict=True):
         _plot_dataset(ax, rows, dataset)
     fig.tight_layout()
@@ -165,20 +177,46 @@ def _plot_dataset(ax: Any, rows: list[SweepPoint], dataset: str) -> None:
     line = [dense, *[r for r in rows if r.pattern == "unstructured"]]
     for metric, color in (("linear", "#1f77b4"), ("knn", "#ff7f0e")):
         xs = [100 * r.zeros for r in line]
-        ax.plot(xs, [getattr(r, metric)[dataset] for r in line], "o-", color=color,
-                label=f"{metric} (unstructured)")  # fmt: skip
-        recovered = [(100 * r.zeros, getattr(r, f"recovered_{metric}")[dataset])
-                     for r in line[1:] if getattr(r, f"recovered_{metric}")]  # fmt: skip
+        ax.plot(
+            xs,
+            [getattr(r, metric)[dataset] for r in line],
+            "o-",
+            color=color,
+            label=f"{metric} (unstructured)",
+        )
+        recovered = [
+            (100 * r.zeros, getattr(r, f"recovered_{metric}")[dataset])
+            for r in line[1:]
+            if getattr(r, f"recovered_{metric}")
+        ]
         if recovered:
-            ax.plot(*zip(*recovered, strict=True), "o--", color=color, alpha=0.6,
-                    label=f"{metric}, recovered")  # fmt: skip
+            ax.plot(
+                *zip(*recovered, strict=True),
+                "o--",
+                color=color,
+                alpha=0.6,
+                label=f"{metric}, recovered",
+            )
         for r in (r for r in rows if r.pattern not in ("unstructured", "dense")):
-            ax.plot(100 * r.zeros, getattr(r, metric)[dataset], "s", color=color, markersize=8,
-                    markerfacecolor="none", label=f"{metric} ({r.pattern})")  # fmt: skip
+            ax.plot(
+                100 * r.zeros,
+                getattr(r, metric)[dataset],
+                "s",
+                color=color,
+                markersize=8,
+                markerfacecolor="none",
+                label=f"{metric} ({r.pattern})",
+            )
             again = getattr(r, f"recovered_{metric}")
             if again:
-                ax.plot(100 * r.zeros, again[dataset], "s", color=color, alpha=0.6,
-                        label=f"{metric} ({r.pattern}), recovered")  # fmt: skip
+                ax.plot(
+                    100 * r.zeros,
+                    again[dataset],
+                    "s",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{metric} ({r.pattern}), recovered",
+                )
     ax.set_xlabel("zero weights in pruned layers (%)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(dataset, fontsize=10)

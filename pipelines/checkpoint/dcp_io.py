@@ -106,9 +106,15 @@ def read_dcp_metadata(path: Path) -> Any:
 # What DCP's index pickles: its own metadata dataclasses, torch sizes, dtypes
 # and layouts, paths. Nothing else may be rebuilt from a .metadata file.
 _DCP_METADATA_CLASSES = {
-    "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-    "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
-}  # fmt: skip
+    "Metadata",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "TensorProperties",
+    "MetadataIndex",
+    "StorageMeta",
+    "_MEM_FORMAT_ENCODING",
+}
 _METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": _DCP_METADATA_CLASSES,
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},

@@ -49,8 +49,11 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is not a mapping: the checkpoint is damaged")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r:.40}, expected {FORMAT!r}")
-    problems = [f"{key} {meta.get(key)!r:.30}" for key, (low, high) in META_RANGES.items()
-                if not _int_within(meta.get(key), low, high)]  # fmt: skip
+    problems = [
+        f"{key} {meta.get(key)!r:.30}"
+        for key, (low, high) in META_RANGES.items()
+        if not _int_within(meta.get(key), low, high)
+    ]
     if problems:
         raise CheckpointError(
             f"{meta_path} lacks {', '.join(REQUIRED_META)} as integers in range (it has "

@@ -221,8 +221,10 @@ class CheckpointManager:
             log.warning(
                 "checkpoint %s was written by %s process(es), this run has %d: resharded; RNG "
                 "streams start fresh (training continues; bitwise replay needs the same count)",
-                path, meta.get("world_size"), engine.world_size,
-            )  # fmt: skip
+                path,
+                meta.get("world_size"),
+                engine.world_size,
+            )
         self.state.step, self.state.epoch = int(meta["step"]), int(meta["epoch"])
         self._resume_hooks(meta, path)
         self.last_saved = self.state.step

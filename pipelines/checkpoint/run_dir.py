@@ -75,17 +75,20 @@ BEFORE_FIRST_START = re.compile(
     r"|^submission_file_\w+\.sh$"
     rf"|^{re.escape(LOG_FILE)}$|^{re.escape(LOCK_FILE)}(\..*)?$"
 )
+# What a finished run writes at its top level: weights, summary, reports.
+RUN_RESULTS = (
+    BACKBONE_FILE,
+    BACKBONE_SAFETENSORS,
+    SUMMARY_FILE,
+    "report.md",
+    "report.json",
+    "loss.png",
+)
 # Files a run directory owns at its top level (nothing else may write them).
-RUN_DIR_FILES = (
-    RUN_MARKER, CONFIG_FILE, LOG_FILE, BACKBONE_FILE, BACKBONE_SAFETENSORS, SUMMARY_FILE,
-    "report.md", "report.json", "loss.png",
-)  # fmt: skip
+RUN_DIR_FILES = (RUN_MARKER, CONFIG_FILE, LOG_FILE, *RUN_RESULTS)
 # What a fresh start with checkpoint.overwrite moves aside: the whole earlier run
 # but the log (which the new start is writing, and which keeps every start's lines).
-RUN_OUTPUTS = (
-    RUN_MARKER, CONFIG_FILE, CHECKPOINT_DIR, TB_DIR, BACKBONE_FILE, BACKBONE_SAFETENSORS,
-    SUMMARY_FILE, "report.md", "report.json", "loss.png", "finetune",
-)  # fmt: skip
+RUN_OUTPUTS = (RUN_MARKER, CONFIG_FILE, CHECKPOINT_DIR, TB_DIR, *RUN_RESULTS, "finetune")
 
 
 def check_run_dir(config: RunConfig, resuming: bool) -> None:
@@ -203,9 +206,10 @@ def run_log_file(
 
 # summary.json's fields, each with the types a reader accepts (None: not recorded).
 SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
-    "step": (int, type(None)), "total_steps": (int, type(None)),
+    "step": (int, type(None)),
+    "total_steps": (int, type(None)),
     "final_loss": (int, float, type(None)),
-}  # fmt: skip
+}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -220,9 +224,12 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             f"{path} is not valid JSON ({type(exc).__name__}); it is damaged: delete it (the run "
             "rewrites it when it finishes)"
         ) from None
-    wrong = [key for key, kinds in SUMMARY_TYPES.items()
-             if isinstance(summary, dict) and (not isinstance(summary.get(key), kinds)
-                                               or isinstance(summary.get(key), bool))]  # fmt: skip
+    wrong = [
+        key
+        for key, kinds in SUMMARY_TYPES.items()
+        if isinstance(summary, dict)
+        and (not isinstance(summary.get(key), kinds) or isinstance(summary.get(key), bool))
+    ]
     if not isinstance(summary, dict) or wrong:
         raise ConfigError(
             f"{path} is not a run summary (wrong {', '.join(wrong) or 'shape'}); it is damaged: "

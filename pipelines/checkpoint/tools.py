@@ -161,17 +161,28 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
 def sparsity_lines(state: dict[str, torch.Tensor], layers: list[str] | None = None) -> list[str]:
     """Zeros per pruned layer and overall: ``layers`` (a sparse run's), or every
     convolution/linear weight that holds zeros (a weights file says no more)."""
-    names = [f"{n}.weight" for n in layers] if layers is not None else [
-        k for k, v in state.items() if k.endswith("weight") and v.dim() in (2, 4) and (v == 0).any()
-    ]  # fmt: skip
+    names = (
+        [f"{n}.weight" for n in layers]
+        if layers is not None
+        else [
+            k
+            for k, v in state.items()
+            if k.endswith("weight") and v.dim() in (2, 4) and (v == 0).any()
+        ]
+    )
     if not names:
         return ["  sparsity    none (no convolution or linear weight holds zeros)"]
     zeros = {n: int((state[n] == 0).sum()) for n in names}
     total = sum(state[n].numel() for n in names)
-    lines = [f"  sparsity    {100 * sum(zeros.values()) / total:.2f}% zeros over {len(names)} "
-             f"pruned layers ({total / 1e6:.2f} M weights)"]  # fmt: skip
-    lines += [f"    {n[: -len('.weight')]:<28} {100 * zeros[n] / state[n].numel():6.2f}%  "
-              f"{tuple(state[n].shape)}" for n in names]  # fmt: skip
+    lines = [
+        f"  sparsity    {100 * sum(zeros.values()) / total:.2f}% zeros over {len(names)} "
+        f"pruned layers ({total / 1e6:.2f} M weights)"
+    ]
+    lines += [
+        f"    {n[: -len('.weight')]:<28} {100 * zeros[n] / state[n].numel():6.2f}%  "
+        f"{tuple(state[n].shape)}"
+        for n in names
+    ]
     return lines
 
 
@@ -195,8 +206,10 @@ def checkpoint_sparsity(folder: Path, meta: dict) -> list[str]:
         return []
     backbone, _ = load_backbone(folder)
     head = f"  pattern     {record['pattern']}, target {100 * record['target']:.0f}% by step "
-    return [head + f"{record['end_step']} ({record['schedule']})",
-            *sparsity_lines(backbone.trunk.state_dict(), record["layers"])]  # fmt: skip
+    return [
+        head + f"{record['end_step']} ({record['schedule']})",
+        *sparsity_lines(backbone.trunk.state_dict(), record["layers"]),
+    ]
 
 
 def verify_checkpoint(path: str | Path) -> str:

@@ -240,8 +240,11 @@ def load_backbone_file(path: Path, run_dir: Path | None = None) -> tuple[Backbon
         raise CheckpointError(f"{path} holds no valid state_dict (tensors by name): it is damaged")
     if kind == CLASSIFIER_FORMAT:  # knowingly: the classifier's backbone, its head dropped
         log.info("%s is a fine-tuned classifier: using its backbone, without its head", path)
-        state = {k[len(CLASSIFIER_TRUNK) :]: v for k, v in state.items()
-                 if k.startswith(CLASSIFIER_TRUNK)}  # fmt: skip
+        state = {
+            k[len(CLASSIFIER_TRUNK) :]: v
+            for k, v in state.items()
+            if k.startswith(CLASSIFIER_TRUNK)
+        }
     info = info_from_header(payload, str(path), run_dir)
     try:
         backbone = info.build()

@@ -7,6 +7,7 @@ and typed ``Any`` here: this package imports no component.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,12 @@ class OptimConfig:
     step_epochs: list[int] = field(default_factory=list)  # step: epochs where lr x step_gamma
     step_gamma: float = 0.1
     exclude_bias_and_norm: bool = True  # no weight decay (and no LARS scaling) on biases and norms
+
+
+# AdamW at 1e-3 per 256 images, weight decay 0.05, one warmup epoch, then cosine.
+FINETUNE_OPTIM = OptimConfig(
+    name="adamw", base_lr=1e-3, weight_decay=0.05, warmup_epochs=1.0, exclude_bias_and_norm=True
+)
 
 
 @dataclass
@@ -188,14 +195,10 @@ class FinetuneConfig:
     unfreeze_lr_factor: float = 0.1  # phase 2's rate as a share of phase 1's
     head_hidden: list[int] = field(default_factory=list)  # [] linear head; [256, 128] MLP
     head_dropout: float = 0.0
-    optimizer: str = "adamw"  # sgd | lars | adamw
-    base_lr: float = 1e-3  # per 256 images, as optim.base_lr
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | step | onecycle
-    step_epochs: list[int] = field(default_factory=list)  # step: epochs where lr x step_gamma
-    step_gamma: float = 0.1
+    # The fine-tune's optimizer and schedule: pretraining's section, with fine-tuning's
+    # defaults (finetune.optim.base_lr, finetune.optim.schedule, ...); each phase's rate
+    # is optim.base_lr x its factor.
+    optim: OptimConfig = field(default_factory=lambda: dataclasses.replace(FINETUNE_OPTIM))
     label_smoothing: float = 0.1
     layer_decay: float | None = None  # ViTs: None -> 0.65 (0.75 above vit_base); 1.0: off
     drop_path: float = 0.1  # ViTs: stochastic depth rate

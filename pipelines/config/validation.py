@@ -86,8 +86,9 @@ def not_a_choice(key: str, value: Any, allowed: tuple[str, ...]) -> ConfigError:
 def validate(config: RunConfig) -> None:
     """Semantic checks the type system cannot express."""
     for key, allowed in choices().items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value: Any = config
+        for part in key.split("."):  # finetune.optim.name: sections nest
+            value = getattr(value, part)
         if value not in allowed:
             raise not_a_choice(key, value, allowed)
     positive: dict[str, float] = {
@@ -196,7 +197,7 @@ def _validate_finetune(ft: FinetuneConfig, known_datasets: tuple[str, ...]) -> N
         "finetune.batch_size": ft.batch_size,
         "finetune.epochs": ft.epochs,
         "finetune.unfreeze_epochs": ft.unfreeze_epochs,
-        "finetune.base_lr": ft.base_lr,
+        "finetune.optim.base_lr": ft.optim.base_lr,
         "finetune.unfreeze_lr_factor": ft.unfreeze_lr_factor,
         "finetune.log_every": ft.log_every,
     }

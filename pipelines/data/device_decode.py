@@ -144,8 +144,11 @@ class DeviceDecodeTrainLoader:
         if fallbacks:
             log.info(
                 "decode: %d of %d images of epoch %d were not 8-bit RGB JPEGs and were decoded "
-                "on the CPU by the loader workers", fallbacks, seen, epoch,
-            )  # fmt: skip
+                "on the CPU by the loader workers",
+                fallbacks,
+                seen,
+                epoch,
+            )
 
     def close(self) -> None:
         """Shut the persistent workers down now (see TorchvisionTrainLoader.close)."""

@@ -127,9 +127,13 @@ class MemoryTrainLoader:
         self.images, self.labels = images.to(device), labels.to(device)
         log.info(
             "memory loader: %s images of 3x%dx%d on %s (%.2f GiB), loaded in %.1f s",
-            f"{len(dataset):,}", side, side, device, images.numel() / 2**30,
+            f"{len(dataset):,}",
+            side,
+            side,
+            device,
+            images.numel() / 2**30,
             time.perf_counter() - started,
-        )  # fmt: skip
+        )
         self.spec = spec
         self.side = side
         self.sampler = ResumableSampler(

@@ -57,9 +57,10 @@ def build_backbone_for(config: RunConfig) -> Backbone:
 def load_init_weights(backbone: Backbone, source: str) -> None:
     """Copy trained weights into ``backbone``; one line when they are another architecture."""
     path = existing_path(
-        source, "model.init_weights",
+        source,
+        "model.init_weights",
         "a run directory, a checkpoints/step_* folder or a backbone .pt file",
-    )  # fmt: skip
+    )
     try:
         with torch.device("cpu"):  # read in full even while shapes are checked on meta
             trained, info = load_backbone(path)

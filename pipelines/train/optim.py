@@ -80,9 +80,11 @@ def layer_decay_groups(
     from timm.optim import param_groups_layer_decay
 
     groups = param_groups_layer_decay(
-        trunk, weight_decay=cfg.weight_decay, layer_decay=decay,
+        trunk,
+        weight_decay=cfg.weight_decay,
+        layer_decay=decay,
         no_weight_decay_list=list(getattr(trunk, "no_weight_decay", set)()),
-    )  # fmt: skip
+    )
     for group in groups:
         group["lr_scale"] = group.get("lr_scale", 1.0) * decay
     in_trunk = {id(p) for p in trunk.parameters()}
@@ -214,5 +216,5 @@ def apply_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
 
 register_choices("optim.name", OPTIMIZERS.names)
 register_choices("optim.schedule", SCHEDULES.names)
-register_choices("finetune.optimizer", OPTIMIZERS.names)
-register_choices("finetune.schedule", SCHEDULES.names)
+register_choices("finetune.optim.name", OPTIMIZERS.names)
+register_choices("finetune.optim.schedule", SCHEDULES.names)

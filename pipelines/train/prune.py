@@ -66,8 +66,14 @@ def prune_backbone(source: str | Path, settings: SparsityConfig, out: Path) -> P
     out.parent.mkdir(parents=True, exist_ok=True)
     written = replace(info, origin=str(out))
     save_backbone(out, backbone.trunk.state_dict(), written)
-    log.info("pruned %s to %.1f%% zeros (%s) in %d layers: %s", source, 100 * overall,
-             settings.pattern, len(layers), out)  # fmt: skip
+    log.info(
+        "pruned %s to %.1f%% zeros (%s) in %d layers: %s",
+        source,
+        100 * overall,
+        settings.pattern,
+        len(layers),
+        out,
+    )
     return Pruned(out, written, overall, shares, dense_weights(info))
 
 

@@ -47,9 +47,10 @@ def load_teacher(config: RunConfig) -> FrozenTeacher | None:
     if not isinstance(method, DistillConfig):
         return None
     path = existing_path(
-        method.teacher, "method.teacher",
+        method.teacher,
+        "method.teacher",
         "a selfsup run directory, a checkpoints/step_* folder or a backbone .pt file",
-    )  # fmt: skip
+    )
     try:
         with torch.device("cpu"):
             backbone, info = load_backbone(path)
@@ -63,9 +64,14 @@ def load_teacher(config: RunConfig) -> FrozenTeacher | None:
         backbone = backbone.to("meta")
     data = config.data
     return FrozenTeacher(
-        backbone, backbone.feature_dim, size, (list(data.mean), list(data.std)),
-        (info.mean, info.std), origin=str(path), sha256=sha,
-    )  # fmt: skip
+        backbone,
+        backbone.feature_dim,
+        size,
+        (list(data.mean), list(data.std)),
+        (info.mean, info.std),
+        origin=str(path),
+        sha256=sha,
+    )
 
 
 def _at_image_size(backbone: Backbone, info: BackboneInfo, size: int) -> Backbone:
@@ -85,9 +91,10 @@ def _at_image_size(backbone: Backbone, info: BackboneInfo, size: int) -> Backbon
     vit: Any = resized.trunk  # a timm VisionTransformer
     state = backbone.trunk.state_dict()
     state["pos_embed"] = resample_abs_pos_embed(
-        state["pos_embed"], new_size=list(vit.patch_embed.grid_size),
+        state["pos_embed"],
+        new_size=list(vit.patch_embed.grid_size),
         num_prefix_tokens=vit.num_prefix_tokens,
-    )  # fmt: skip
+    )
     resized.trunk.load_state_dict(state)
     return resized
 

@@ -101,10 +101,6 @@ class TrainResult:
     final_loss: float | None
     stopped_by: str | None  # the signal that stopped training early, if any
 
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.total_steps
-
 
 def train(
     config: RunConfig, engine: Engine | None = None, parts: PartsFactory | None = None
@@ -325,20 +321,30 @@ class Trainer:
         self.resumed_from_step = self.state.step
         log.info(
             "resuming from checkpoint %s at step %d/%d (epoch %d)",
-            path, self.state.step, self.total_steps, self.state.step // self.steps_per_epoch,
-        )  # fmt: skip
+            path,
+            self.state.step,
+            self.total_steps,
+            self.state.step // self.steps_per_epoch,
+        )
 
     def _log_start(self) -> None:
         config, engine = self.config, self.engine
         log.info(
             "training %s/%s on %s: %d steps (%d per epoch), batch %d x %d process(es) x %d "
             "accumulation, peak lr %.4g, %s on %s, engine %s",
-            self.parts.label or config.method.name, config.model.backbone, config.data.dataset,
+            self.parts.label or config.method.name,
+            config.model.backbone,
+            config.data.dataset,
             self.total_steps,
-            self.steps_per_epoch, config.data.batch_size, engine.world_size, self.accum,
-            peak_lr(config.optim, self.global_batch), config.train.precision, engine.device,
+            self.steps_per_epoch,
+            config.data.batch_size,
+            engine.world_size,
+            self.accum,
+            peak_lr(config.optim, self.global_batch),
+            config.train.precision,
+            engine.device,
             engine.name,
-        )  # fmt: skip
+        )
         for name, hook in self.hooks.items():
             line = hook.describe()
             if line:
@@ -353,8 +359,9 @@ class Trainer:
         seconds = time.perf_counter() - started
         log.info(
             "torch.compile (mode %s): the first step took %.1f s, compilation included",
-            self.engine.compile, seconds,
-        )  # fmt: skip
+            self.engine.compile,
+            seconds,
+        )
 
     def run(self) -> TrainResult:
         """Train from where :meth:`resume` left (or the start) to the end or a stop signal."""
@@ -364,9 +371,13 @@ class Trainer:
             self.setup.flops_per_step, self.engine.device, self.config.train.peak_tflops
         )
         self.monitor = Monitor(
-            self.run_dir, self.total_steps, self.state.step, self.global_batch,
-            enabled=self.engine.is_main, throughput=throughput,
-        )  # fmt: skip
+            self.run_dir,
+            self.total_steps,
+            self.state.step,
+            self.global_batch,
+            enabled=self.engine.is_main,
+            throughput=throughput,
+        )
         stop = StopRequest().install()
         stopped_by: str | None = None
         steps = optimizer_steps(self.loader, self.accum, self.state.step, self.steps_per_epoch)
@@ -496,8 +507,10 @@ class Trainer:
             log.info(
                 "stopped by %s at step %d/%d; the checkpoint is saved: run the same command "
                 "to resume",
-                stopped_by, step, total,
-            )  # fmt: skip
+                stopped_by,
+                step,
+                total,
+            )
         else:
             _finish(self, step, total)
         assert self.monitor is not None

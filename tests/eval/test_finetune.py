@@ -33,7 +33,7 @@ def finetune_args(run: Path, data_root: Path, *extra: str) -> list[str]:
     return [
         "finetune", str(run), "--datasets", "cifar10", "--data", str(data_root), "--device",
         "cpu", "batch_size=16", "num_workers=0", "train_samples=160", "test_samples=40",
-        "warmup_epochs=0", "log_every=2", *extra,
+        "optim.warmup_epochs=0", "log_every=2", *extra,
     ]  # fmt: skip
 
 
@@ -46,7 +46,7 @@ def test_head_then_unfreeze_freezes_the_base_then_trains_it_at_the_lower_rate(
 ):
     args = finetune_args(
         pretrained_run, data_root, "--recipe", "head_then_unfreeze", "epochs=1",
-        "unfreeze_epochs=1", "schedule=step", "baseline=false",
+        "unfreeze_epochs=1", "optim.schedule=step", "baseline=false",
     )  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     start = torch.load(pretrained_run / "backbone.pt", weights_only=True)["state_dict"]

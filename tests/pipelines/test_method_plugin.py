@@ -74,7 +74,7 @@ def test_a_registered_method_trains_end_to_end(toy_method, overrides):
     config = load_config(None, [*overrides, "method.embed_dim=4"])
     assert isinstance(config.method, ToyConfig) and config.method.embed_dim == 4
     result = train(config)
-    assert result.finished and result.final_loss is not None
+    assert result.step == result.total_steps and result.final_loss is not None
     assert (result.run_dir / "backbone.pt").is_file()
     saved = (result.run_dir / "config.yaml").read_text()
     assert "name: toy" in saved and "embed_dim: 4" in saved

@@ -54,7 +54,7 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_overrides, tmp_path):
     job.mkdir()
     for name in ("123_submitted.pkl", "123_0_log.out", "123_0_log.err", "123_submission.sh"):
         (job / name).write_text("")
-    assert train(load_config(None, [*tiny_overrides, f"run_dir={job}"])).finished
+    assert train(load_config(None, [*tiny_overrides, f"run_dir={job}"])).step == 6  # the whole run
     assert not (job / "selfsup.lock").exists(), "the lock goes with the run"
     assert (job / "selfsup-run.json").is_file()
 
@@ -67,7 +67,7 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_reru
     with pytest.raises(Exception, match="nonexistent"):
         train(load_config(None, bad))
     assert not run.exists()  # refused while building, before the run directory is made
-    assert train(load_config(None, [*tiny_overrides, f"run_dir={run}"])).finished
+    assert train(load_config(None, [*tiny_overrides, f"run_dir={run}"])).step == 6  # the whole run
 
 
 def test_export_never_overwrites_unasked_nor_a_runs_own_files(tiny_overrides, tmp_path, capsys):

@@ -20,7 +20,9 @@ def backbone_weights(run_dir):
 def test_train_writes_checkpoints_backbone_summary_and_tensorboard(tiny_overrides):
     result = train(load_config(None, tiny_overrides))
     run = result.run_dir
-    assert result.finished and result.step == 6 and result.resumed_from_step is None
+    assert (
+        result.step == result.total_steps and result.step == 6 and result.resumed_from_step is None
+    )
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
         "step_000000003", "step_000000006",
     ]  # fmt: skip
@@ -105,7 +107,10 @@ def test_a_diverging_run_leaves_only_finite_checkpoints_and_a_sane_rerun_finishe
         backbone, _ = load_backbone(checkpoint)
         assert all(torch.isfinite(p).all() for p in backbone.state_dict().values()), checkpoint
     resumed = train(load_config(None, run))
-    assert resumed.resumed_from_step == step_of(checkpoints[-1]) and resumed.finished
+    assert (
+        resumed.resumed_from_step == step_of(checkpoints[-1])
+        and resumed.step == resumed.total_steps
+    )
 
 
 def test_fp16_on_cpu_is_refused(tiny_overrides):
