@@ -34,6 +34,20 @@ from selfsup.pipelines.config.validation import not_a_choice, validate
 from selfsup.registry import UnknownName
 
 BASE_KEY = "_base_"
+# Keys of earlier releases and where they live now (recipes written for those still say so).
+MOVED_KEYS = {
+    f"finetune.{old}": f"finetune.optim.{new}"
+    for old, new in (
+        ("optimizer", "name"),
+        ("base_lr", "base_lr"),
+        ("weight_decay", "weight_decay"),
+        ("momentum", "momentum"),
+        ("warmup_epochs", "warmup_epochs"),
+        ("schedule", "schedule"),
+        ("step_epochs", "step_epochs"),
+        ("step_gamma", "step_gamma"),
+    )
+}
 
 
 def _method_config(name: Any) -> Any:
@@ -235,7 +249,7 @@ def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
                 f"config key '{key}' (from {source}) is an option of method "
                 f"{' and '.join(owners)}, not of method.name={chosen} (its keys: {options})"
             ) from exc
-        hint = closest_key(key, _dict_keys(base))
+        hint = MOVED_KEYS.get(key) or closest_key(key, _dict_keys(base))
         suggestion = f"; did you mean '{hint}'?" if hint else ""
         shown = key if len(key) <= 80 else key[:77] + "..."
         raise ConfigError(f"unknown config key '{shown}' (from {source}){suggestion}") from exc

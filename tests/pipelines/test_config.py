@@ -108,3 +108,11 @@ def test_section_overrides_accept_bare_keys():
 def test_valid_keys_cover_nested_sections():
     keys = valid_keys()
     assert "optim.base_lr" in keys and "data.path" in keys and "probe.knn_k" in keys
+
+
+def test_a_fine_tune_optimizer_key_of_earlier_releases_names_where_it_moved():
+    with pytest.raises(
+        ConfigError, match=r"'finetune.base_lr'.*did you mean 'finetune.optim.base_lr'"
+    ):
+        load_config(None, ["finetune.base_lr=0.01"])
+    assert load_config(None, ["finetune.optim.base_lr=0.01"]).finetune.optim.base_lr == 0.01
