@@ -165,7 +165,11 @@ def _engine(run_config: RunConfig, device: str) -> Engine:
         )
     env = detect_env()
     engine = (name if name != "single" else "ddp") if env.distributed else "single"
-    config = RunConfig(train=dataclasses.replace(run_config.train, engine=engine, device=device))
+    # The fine-tune's optimizer section: the engine clips gradients by its clip_grad_norm.
+    config = RunConfig(
+        train=dataclasses.replace(run_config.train, engine=engine, device=device),
+        optim=run_config.finetune.optim,
+    )
     return build_engine(config, env)
 
 

@@ -147,7 +147,13 @@ def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root
     supervised = tmp_path / "resnet18-f37072fd.pth"
     torch.save(torchvision.models.resnet18().state_dict(), supervised)
     args = finetune_args(
-        pretrained_run, data_root, "--recipe", "full", "epochs=2", f"supervised={supervised}"
+        pretrained_run,
+        data_root,
+        "--recipe",
+        "full",
+        "epochs=2",
+        f"supervised={supervised}",
+        "optim.clip_grad_norm=1.0",
     )
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -308,3 +314,15 @@ def test_a_timm_efficientnet_pretrains_probes_and_fine_tunes(tiny_overrides, dat
     history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
     assert [e["phase"] for e in history] == ["frozen_base", "unfrozen"]
     assert json.loads((folder / "report.json").read_text())["test_accuracy"]["pretrained"] >= 0
+
+
+def test_the_fine_tune_engine_takes_the_fine_tunes_optimizer_section():
+    from selfsup.eval.finetune.run import _engine
+    from selfsup.pipelines.config import load_config
+
+    config = load_config(None, ["finetune.optim.clip_grad_norm=1.5", "optim.clip_grad_norm=9"])
+    engine = _engine(config, "cpu")
+    try:
+        assert engine.clip_grad_norm == 1.5  # the fine-tune's, not the pretraining's
+    finally:
+        engine.close()
