@@ -20,16 +20,18 @@ demo: setup
 	$(SELFSUP) train configs/demo.yaml run_dir=$(DEMO_RUN)
 	$(SELFSUP) probe $(DEMO_RUN)
 
-# The SLURM tests run against the local one-node cluster of slurm/dev-cluster.sh
-# (started here when possible: it needs root and apt) and never another one.
+# The SLURM tests run against the local cluster of slurm/dev-cluster.sh (started
+# here when possible: it needs root and apt; two nodes need network namespaces,
+# else one) and never another one.
 test: setup
 	@scripts/install-ffcv.sh || echo "make test: could not install ffcv (needs apt); its tests will be skipped"
-	@slurm/dev-cluster.sh start 2>/dev/null || echo "make test: no local SLURM cluster (needs root); its tests will be skipped"
+	@slurm/dev-cluster.sh start --nodes 2 2>/dev/null || slurm/dev-cluster.sh start 2>/dev/null || echo "make test: no local SLURM cluster (needs root); its tests will be skipped"
 	SLURM_CONF=$$(slurm/dev-cluster.sh conf) $(VENV)/bin/python -m pytest
 
-# A one-node SLURM cluster on loopback, to try `selfsup submit` (needs root).
+# A two-node SLURM cluster on this machine, to try `selfsup submit` (needs root;
+# `slurm/dev-cluster.sh start` for one node on loopback).
 slurm-up:
-	@slurm/dev-cluster.sh start
+	@slurm/dev-cluster.sh start --nodes 2
 	@echo "now: export SLURM_CONF=$$(slurm/dev-cluster.sh conf)"
 
 slurm-down:

@@ -43,10 +43,10 @@ import torch
 from benchlib import ensure_beton, sync
 from train_step import PlainSimCLR, config_step, time_steps
 
-from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.config import RunConfig, load_config
 from selfsup.pipelines.runtime.engines import compile_mode
 from selfsup.pipelines.train.build import build_model
+from selfsup.pipelines.train.monitor import read_scalars
 from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.train.trainer import train
 from selfsup.text import markdown_header, markdown_row

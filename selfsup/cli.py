@@ -30,6 +30,7 @@ EPILOG = """examples:
   selfsup checkpoint inspect runs/demo
   selfsup checkpoint export runs/demo backbone.pt
   selfsup submit configs/simclr_resnet50_imagenet_ffcv.yaml --cluster h100x8 --nodes 2
+  selfsup status runs/simclr-1234
   selfsup submit-eval runs/a runs/b --datasets cifar10,fashion_mnist --lrs 0.01,0.001
 """
 
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--wait", action="store_true", help="follow the job to its end")
     submit.set_defaults(func=cmd_submit)
+
+    status = commands.add_parser(
+        "status",
+        help="where a run stands: SLURM job, state, restarts, newest checkpoint, rate",
+    )
+    status.add_argument("run", help="run directory (of `selfsup submit` or `selfsup train`)")
+    status.set_defaults(func=cmd_status)
 
     submit_eval = commands.add_parser(
         "submit-eval",
@@ -539,6 +547,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     outcome = wait_for(submission.job)
     return _report_outcome(submission.job_id, outcome)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from selfsup.slurm.status import run_status
+
+    print("\n".join(run_status(Path(args.run)).lines()))
+    return 0
 
 
 def _report_outcome(job_id: str, outcome) -> int:

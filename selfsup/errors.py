@@ -49,6 +49,10 @@ class TrainingError(SelfsupError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
+class LostPeerError(TrainingError):
+    """Another rank of a multi-process job died or stopped answering."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message in one line: its first non-empty line, or its type's name.
 

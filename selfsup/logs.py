@@ -1,7 +1,8 @@
 """Logging set-up for every entry point: stderr for people, ``train.log`` in the run directory.
 
 All of selfsup logs under the ``selfsup`` logger. In a job of several
-processes only rank 0 speaks at INFO; the others report problems only.
+processes only rank 0 speaks at INFO; the others report problems only, and the
+few INFO lines logged with ``extra=EVERY_RANK`` (where each rank runs).
 No torch import here, so the CLI can set up logging before any command runs.
 """
 
@@ -19,6 +20,7 @@ CONSOLE_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%
 FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 # torchrun sets RANK, srun SLURM_PROCID; the first one present wins.
 RANK_VARIABLES = ("RANK", "SLURM_PROCID")
+EVERY_RANK = {"every_rank": True}  # extra= of an INFO line that every rank's stderr shows
 
 
 def process_rank(environ: Mapping[str, str] | None = None) -> int:
@@ -42,10 +44,16 @@ def log_to_stderr(quiet: bool = False, replace: bool = True) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(CONSOLE_FORMAT)
-    handler.setLevel(logging.WARNING if quiet or process_rank() != 0 else logging.INFO)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    if process_rank() != 0:
+        handler.addFilter(_problems_or_every_rank)
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)  # the run's log file keeps INFO lines even when quiet
     logger.propagate = False
+
+
+def _problems_or_every_rank(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or getattr(record, "every_rank", False)
 
 
 class _HeldRecords(logging.Handler):

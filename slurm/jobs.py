@@ -12,10 +12,19 @@ asks SLURM to requeue the job (``scontrol requeue``, as submitit does) and
 every task exits without recording a result, so the job's result is the one
 of the final, requeued run. The requeued job resumes from the newest complete
 checkpoint in its run directory, whatever its step number (there is no fixed
-checkpoint file name to miss). SIGTERM (``scancel``, or an outside
-``scontrol requeue``) also checkpoints before the kill, but is never answered
-with a requeue: SLURM decides. ``max_requeues`` bounds the requeues, counted
-by SLURM itself (``SLURM_RESTART_COUNT``).
+checkpoint file name to miss). SIGTERM (``scancel``, a
+preemption by a higher-priority partition, or an outside ``scontrol
+requeue``) also checkpoints before the kill, but is never answered with a
+requeue: SLURM decides (and requeues a preempted job itself).
+
+A lost rank (its process or node died): the surviving ranks' collectives fail
+(at once when the peer's sockets closed, else after ``train.dist_timeout_s``),
+each logs one line naming the lost rank and its host, asks SLURM to requeue
+the job and exits; the requeued job resumes from the newest complete
+checkpoint. A lost node is also noticed by SLURM itself (NODE_FAIL), which
+requeues the job once the node is gone for ``SlurmdTimeout``.
+``max_requeues`` bounds the requeues, counted by SLURM itself
+(``SLURM_RESTART_COUNT``).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 
 import submitit
 
-from selfsup.errors import TrainingError
+from selfsup.errors import LostPeerError, TrainingError
 from selfsup.logs import log_to_stderr
 from selfsup.pipelines.config import config_from_dict
 from selfsup.pipelines.train.trainer import train
@@ -38,6 +47,8 @@ from selfsup.plugins import load_plugins
 log = logging.getLogger(__name__)
 
 PREEMPTION_SIGNAL = "SIGUSR2"
+LOST_PEER = "lost peer"
+REASONS = {PREEMPTION_SIGNAL: "preempted or timed out", LOST_PEER: "left by a lost rank"}
 
 
 def restart_count() -> int:
@@ -47,9 +58,16 @@ def restart_count() -> int:
 
 def requeue(job_id: str) -> None:
     # What submitit's SlurmJobEnvironment._requeue does; called directly because
-    # the trainer, not submitit's signal handler, decides when it is safe.
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-    log.info("requeued job %s (restart %d)", job_id, restart_count() + 1)
+    # the trainer, not submitit's signal handler, decides when it is safe. After a
+    # lost peer every surviving rank asks: the first one wins, the others are told
+    # the job is no longer running, which is not an error.
+    done = subprocess.run(
+        ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode == 0:
+        log.info("requeued job %s (restart %d)", job_id, restart_count() + 1)
+    else:
+        log.warning("scontrol requeue %s: %s", job_id, done.stderr.strip() or done.returncode)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -71,17 +89,23 @@ class TrainJob(submitit.helpers.Checkpointable):
         config = config_from_dict(values, source="submitted job")
         if restart_count():
             log.info("job %s restarted by SLURM (%d time(s))", job.job_id, restart_count())
-        result = train(config)
+        try:
+            result = train(config)
+        except LostPeerError:  # already logged in one line, naming the peer
+            self._leave(LOST_PEER, job)
+            raise
         if result.stopped_by:
             self._leave(result.stopped_by, job)
         return {"run_dir": str(run_dir), "step": result.step, "final_loss": result.final_loss}
 
     def _leave(self, stopped_by: str, job: submitit.JobEnvironment) -> None:
-        """After a checkpointed stop: requeue on preemption (rank 0), then exit without a result."""
-        if job.global_rank == 0 and stopped_by == PREEMPTION_SIGNAL:
+        """After a stop: requeue on preemption (rank 0) or a lost peer (every survivor), then
+        exit without a result."""
+        asks = stopped_by == LOST_PEER or (job.global_rank == 0 and stopped_by == PREEMPTION_SIGNAL)
+        if asks:
             if restart_count() >= self.max_requeues:
                 raise TrainingError(
-                    f"job {job.job_id} was preempted or timed out after {restart_count()} "
+                    f"job {job.job_id} was {REASONS[stopped_by]} after {restart_count()} "
                     f"requeue(s); not requeued again (max_requeues={self.max_requeues}). Its last "
                     "checkpoint is in the run directory: submit again with run_dir=... to continue"
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -188,7 +189,9 @@ class Outcome:
 def wait_for(job: Any, poll_s: float = 2.0, timeout_s: float | None = None) -> Outcome:
     """Follow a job to its end, asking SLURM every ``poll_s`` (a cancelled job is noticed then)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while not job.done(force_check=True):
+    # A start that ended PREEMPTED or NODE_FAIL looks done to submitit, but SLURM has
+    # requeued the job: it is over only once it left the queue.
+    while not job.done(force_check=True) or still_queued(str(job.job_id)):
         if deadline is not None and time.monotonic() > deadline:
             return Outcome(state=f"still {job.state} after {timeout_s:.0f} s")
         time.sleep(poll_s)
@@ -205,6 +208,18 @@ def wait_for(job: Any, poll_s: float = 2.0, timeout_s: float | None = None) -> O
         return Outcome(state="CANCELLED", error=state)
     tail = _log_tail(first.paths.stderr)
     return Outcome(state=state.split()[0] if state else "UNKNOWN", error=tail or state)
+
+
+def still_queued(job_id: str) -> bool:
+    """The job is pending, running or completing (squeue lists no job that has ended)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # no answer: submitit's own view decides
+    return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
 def wait_for_all(

@@ -7,7 +7,6 @@ import importlib.util
 import os
 import pickle
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers.cluster import slurm_nodes_up
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -61,26 +61,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-DEV_CLUSTER = "selfsup-dev"  # slurm/dev-cluster.sh; tests never submit to any other cluster
-
-
-def slurm_cluster_up() -> bool:
-    """The local test cluster answers, with a node ready to run jobs."""
-    try:
-        config = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=20
+def slurm_skips(required: str) -> dict[str, str]:
+    """Skip reasons for the SLURM markers; SELFSUP_REQUIRE_SLURM=1 (a cluster) or 2 (two
+    nodes) fails instead."""
+    nodes, skips = slurm_nodes_up(), {}
+    if required in ("1", "2") and nodes < int(required):
+        raise pytest.UsageError(
+            f"SELFSUP_REQUIRE_SLURM={required}, but {nodes} node(s) of the dev cluster answer"
         )
-        nodes = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+    if nodes == 0:
+        skips["slurm"] = (
+            "no SLURM cluster answers (slurm/dev-cluster.sh start; export SLURM_CONF=...)"
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    settings = dict(
-        (key.strip(), value.strip())
-        for key, _, value in (line.partition("=") for line in config.stdout.splitlines())
-    )
-    ours = settings.get("ClusterName") == DEV_CLUSTER
-    return ours and any(s in nodes.stdout for s in ("idle", "mixed", "allocated"))
+    if nodes < 2:
+        skips["two_nodes"] = "no two-node SLURM cluster (slurm/dev-cluster.sh start --nodes 2)"
+    return skips
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -96,12 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if os.environ.get("SELFSUP_REQUIRE_FFCV") == "1":
             raise pytest.UsageError("SELFSUP_REQUIRE_FFCV=1 but ffcv is not installed")
         skips["ffcv"] = "ffcv is not installed (scripts/install-ffcv.sh)"
-    if not slurm_cluster_up():
-        if os.environ.get("SELFSUP_REQUIRE_SLURM") == "1":
-            raise pytest.UsageError("SELFSUP_REQUIRE_SLURM=1 but no SLURM cluster answers `sinfo`")
-        skips["slurm"] = (
-            "no SLURM cluster answers (slurm/dev-cluster.sh start; export SLURM_CONF=...)"
-        )
+    skips.update(slurm_skips(os.environ.get("SELFSUP_REQUIRE_SLURM", "0")))
     for item in items:
         for marker, reason in skips.items():
             if marker in item.keywords:

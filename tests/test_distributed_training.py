@@ -6,33 +6,34 @@ with 2 processes (or 1), killed with SIGKILL where a test says so.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.payloads import poison_zip_pickle
+from helpers.runs import (
+    DEMO,
+    assert_identical,
+    finish,
+    kill_all,
+    kill_when,
+    launch,
+)
 
 from selfsup.errors import CheckpointError
-from selfsup.eval.reports.report import read_scalars
-from selfsup.pipelines.checkpoint.dcp_io import load_everything
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.manifest import write_manifest
-from selfsup.pipelines.checkpoint.untrusted import load_deepspeed_file
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import Engine
+from selfsup.pipelines.train.monitor import read_scalars
 from selfsup.pipelines.train.optim import build_optimizer, build_scheduler
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = str(REPO / "configs" / "demo.yaml")
 
 pytestmark = pytest.mark.slow
 
@@ -53,81 +54,6 @@ ENGINES = {
         "model.channels_last=true",  # the default, which DeepSpeed must take as it is
     ],
 }
-
-
-def launch(nproc: int, overrides: list[str], torchrun: bool = True) -> subprocess.Popen:
-    """``selfsup train`` under torchrun, or (``torchrun=False``, one process) on its own."""
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    launcher = [
-        "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-    ] if torchrun else []  # fmt: skip
-    command = [sys.executable, *launcher, "-m", "selfsup", "train", DEMO, *overrides]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def kill_all(process: subprocess.Popen) -> None:
-    """SIGKILL torchrun and its workers at once (torchrun puts each worker in its own session)."""
-    import psutil
-
-    victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for victim in reversed(victims):  # workers first: nothing gets to react
-        victim.send_signal(signal.SIGKILL)
-    process.communicate()
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    _, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err[-4000:]
-    return err
-
-
-def kill_when(
-    process: subprocess.Popen, path: Path, delay: float = 0.0, timeout: float = 600
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-4000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
-    time.sleep(delay)
-    kill_all(process)
-
-
-def all_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Every tensor a checkpoint folder holds (model, optimizer, RNG), by a flat name."""
-    flat: dict[str, torch.Tensor] = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                walk(f"{prefix}/{i}", v)
-
-    if (checkpoint / ".metadata").exists():
-        walk("dcp", load_everything(checkpoint))
-    for file in sorted(checkpoint.glob("*.pt")):  # DeepSpeed's files and RNG
-        walk(file.name, load_deepspeed_file(file))
-    return flat
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    ta, tb = all_tensors(a), all_tensors(b)
-    assert ta.keys() == tb.keys()
-    assert any("optim" in k for k in ta), "optimizer state is compared too"
-    for key in ta:
-        diff = (ta[key].double() - tb[key].double()).abs().max().item() if ta[key].numel() else 0.0
-        assert diff == 0, f"{key} differs by {diff}"
 
 
 @pytest.fixture
@@ -199,15 +125,15 @@ def distillation(tmp_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-# What each engine's SIGKILL run also carries, so that one run checks several features'
-# exact resume: DDP a distilled student read through the device-resident loader; ZeRO-2 a
-# sparse distilled student; ZeRO-3 the plain method (then export and tampering checks).
-# The torchvision loader's multi-process resume: the SLURM preemption test's 2-task job.
-ALSO = {"ddp": ("distill", "memory"), "deepspeed-zero2": ("distill", "sparse"),
-        "deepspeed-zero3": ()}  # fmt: skip
+# What each DeepSpeed SIGKILL run also carries, so that one run checks several features'
+# exact resume: ZeRO-2 a sparse distilled student; ZeRO-3 the device-resident loader (then
+# export and tampering checks). DDP's SIGKILL and relaunch: the sparse run below, and the
+# two-node jobs of tests/slurm/test_multinode.py (torchvision loader, a lost node, a lost
+# rank, preemption, the time limit).
+ALSO = {"deepspeed-zero2": ("distill", "sparse"), "deepspeed-zero3": ("memory",)}
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("engine", list(ALSO))
 def test_sigkill_and_relaunch_is_bitwise_identical_to_an_uninterrupted_run(
     engine, base, tmp_path, capsys
 ):
@@ -247,13 +173,13 @@ def assert_half_zeros(run: Path) -> None:
 
 
 def test_sparse_run_resumes_bitwise_after_sigkill_on_ddp(base, data_root, tmp_path):
-    # One process: the sparse distilled student's test; DeepSpeed ZeRO-2: the engines' test.
+    # A sparse distilled student, as in one process and on DeepSpeed ZeRO-2.
     # JPEG class folders decoded in the training process (data.decode=gpu, here on the CPU):
     # 12 images, 2 per batch and rank, 3 steps an epoch; the kill lands in the second epoch.
     jpegs = [f"data.path={data_root / 'imagenette'}", "data.dataset=imagefolder",
              "data.decode=gpu", "data.batch_size=2"]  # fmt: skip
-    common = [*base, *ENGINES["ddp"], *SPARSE, *jpegs, "train.max_steps=8",
-              "checkpoint.every_steps=2"]  # fmt: skip
+    common = [*base, *ENGINES["ddp"], *SPARSE, *distillation(tmp_path), *jpegs,
+              "train.max_steps=8", "checkpoint.every_steps=2"]  # fmt: skip
     assert_sigkill_resume_is_bitwise(2, common, tmp_path)
     assert_half_zeros(tmp_path / "b")
 

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.io import decode_png
 
 from selfsup.cli import main
-from selfsup.eval.reports.report import read_scalars
+from selfsup.pipelines.train.monitor import read_scalars
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

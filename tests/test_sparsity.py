@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from selfsup.cli import main
-from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.weights import load_backbone
+from selfsup.pipelines.train.monitor import read_scalars
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")

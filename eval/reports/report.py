@@ -19,6 +19,7 @@ from selfsup.errors import one_line
 from selfsup.eval.frozen.probe import ProbeOutcome
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, TB_DIR, is_run_dir, read_summary
 from selfsup.pipelines.config import load_saved_config
+from selfsup.pipelines.train.monitor import read_scalars
 from selfsup.text import markdown_table
 
 log = logging.getLogger(__name__)
@@ -27,19 +28,6 @@ FORMAT = "selfsup.report/1"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 LOSS_PNG = "loss.png"
-
-
-def read_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """All ``(step, value)`` points of ``tag`` in a TensorBoard log directory."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not tb_dir.is_dir():
-        return []
-    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    if tag not in accumulator.Tags().get("scalars", []):
-        return []
-    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:

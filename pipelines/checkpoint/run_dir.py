@@ -72,7 +72,7 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]
 # what a start that failed before its config was saved left: its log, its lock.
 BEFORE_FIRST_START = re.compile(
     r"^\d+(_\d+)*_(submitted\.pkl|submission\.sh|log\.out|log\.err|result\.pkl)$"
-    r"|^submission_file_\w+\.sh$"
+    r"|^\.?submission_file_\w+\.sh$"  # submitit writes it hidden (a dot first) since 1.5
     rf"|^{re.escape(LOG_FILE)}$|^{re.escape(LOCK_FILE)}(\..*)?$"
 )
 # What a finished run writes at its top level: weights, summary, reports.

@@ -124,6 +124,9 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     sync_batchnorm: bool = False  # ddp: BatchNorm statistics over all processes
     zero_stage: int = 2  # deepspeed: ZeRO stage 0-3
+    # ddp/deepspeed: seconds a collective may wait for the other ranks. A rank whose peer
+    # died (a lost node) leaves within it; it must outlast the slowest checkpoint write.
+    dist_timeout_s: float = 1800.0
     deepspeed_config: str | None = None  # deepspeed: JSON file merged over the generated config
     # Training hooks to run beyond those their own section turns on (sparsity):
     # names registered in selfsup.pipelines.train.hooks.HOOKS.

@@ -101,6 +101,7 @@ def validate(config: RunConfig) -> None:
         "train.log_every": config.train.log_every,
         "train.image_every": config.train.image_every,
         "train.grad_accum_steps": config.train.grad_accum_steps,
+        "train.dist_timeout_s": config.train.dist_timeout_s,
         "probe.knn_k": config.probe.knn_k,
         "probe.lr": config.probe.lr,
         "probe.knn_temperature": config.probe.knn_temperature,

@@ -11,24 +11,35 @@ Three launchers are recognised, in this order:
   agrees without talking first);
 - otherwise a **single** process.
 
-The process group uses NCCL on GPUs and gloo on CPUs.
+The process group uses NCCL on GPUs and gloo on CPUs, with a timeout on every
+collective (``train.dist_timeout_s``): a rank whose peer died leaves within it
+instead of waiting for the job's time limit. At the start the ranks exchange
+their host names and addresses (:func:`introduce`), so that a lost peer can be
+named (:func:`lost_peer_message`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import re
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from selfsup.errors import ConfigError
+from selfsup.logs import EVERY_RANK
 
 log = logging.getLogger(__name__)
 
 
+# torch's own default for gloo: long enough for a slow checkpoint write at scale,
+# where the other ranks wait in a collective for the slowest writer.
+DEFAULT_TIMEOUT_S = 1800.0
 PORT_BASE = 20000  # SLURM: MASTER_PORT = PORT_BASE + job_id % PORT_SPAN
 PORT_SPAN = 20000
 
@@ -120,12 +131,20 @@ def device_for(env: DistEnv, requested: str = "auto") -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-def init_process_group(env: DistEnv, device: torch.device) -> str:
-    """Join the job's process group (once); returns the backend used."""
+def init_process_group(
+    env: DistEnv, device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> str:
+    """Join the job's process group (once); returns the backend used.
+
+    ``timeout_s`` bounds every collective (and the rendezvous): a peer that died
+    without closing its sockets (a lost node) is noticed within it.
+    """
     backend = "nccl" if device.type == "cuda" else "gloo"
     if dist.is_initialized():
         return dist.get_backend()
-    # DeepSpeed and torch's env:// rendezvous read these.
+    # DeepSpeed and torch's env:// rendezvous read these. NCCL's watchdog turns a
+    # collective that outlives the timeout into an error (rather than a hang).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     os.environ.update(
         {
             "RANK": str(env.rank),
@@ -138,7 +157,9 @@ def init_process_group(env: DistEnv, device: torch.device) -> str:
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+    dist.init_process_group(
+        backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s)
+    )
     log.debug(
         "rank %d/%d joined %s at %s:%d",
         env.rank,
@@ -148,3 +169,97 @@ def init_process_group(env: DistEnv, device: torch.device) -> str:
         env.master_port,
     )
     return backend
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A rank of the job and where it runs."""
+
+    rank: int
+    host: str
+    address: str  # the address it reaches the rendezvous from
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} on {self.host} ({self.address})"
+
+
+PEER_BYTES = 256  # a host name and an address, UTF-8, padded
+
+
+def local_address(master_addr: str, master_port: int) -> str:
+    """The address this host reaches the rendezvous from (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((master_addr, master_port))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "unknown address"
+
+
+def introduce(env: DistEnv, device: torch.device | str = "cpu") -> list[Peer]:
+    """Every rank's host and address, known to all (one all-gather of bytes, no pickle)."""
+    me = f"{socket.gethostname()} {local_address(env.master_addr, env.master_port)}"
+    mine = torch.zeros(PEER_BYTES, dtype=torch.uint8, device=device)
+    encoded = me.encode()[:PEER_BYTES]
+    mine[: len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8)
+    table = [torch.empty_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(table, mine)
+    peers = []
+    for rank, row in enumerate(table):
+        host, _, address = bytes(row.cpu().tolist()).rstrip(b"\0").decode().partition(" ")
+        peers.append(Peer(rank, host, address))
+    log.info(
+        "%s of %d (local rank %d), rendezvous at %s:%d",
+        peers[env.rank],
+        env.world_size,
+        env.local_rank,
+        env.master_addr,
+        env.master_port,
+        extra=EVERY_RANK,
+    )
+    return peers
+
+
+_ADDRESS = re.compile(r"\[?(\d{1,3}(?:\.\d{1,3}){3})\]?:\d+")
+
+
+# What gloo's transport raises, as a plain RuntimeError, when a peer is gone or silent.
+_GLOO_FAILURES = (
+    "Connection closed by peer",
+    "Connection reset",
+    "Timed out waiting",
+    "Read error",
+)
+
+
+def is_communication_failure(exc: BaseException) -> bool:
+    """A collective failed: a peer closed its connection, or did not answer in time."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(word in str(exc) for word in _GLOO_FAILURES)
+    )
+
+
+def lost_peer_message(exc: BaseException, peers: Sequence[Peer], me: int) -> str | None:
+    """One line naming the peer(s) a failed collective lost, or None for another failure.
+
+    The peer is the one whose address the error names (gloo names the closed
+    connection's remote end); else, with one other rank, that rank; else the
+    message says only that a peer stopped answering.
+    """
+    if not is_communication_failure(exc):
+        return None
+    others = [p for p in peers if p.rank != me]
+    named = set(_ADDRESS.findall(str(exc)))
+    lost = [p for p in others if p.address in named] or (others if len(others) == 1 else [])
+    who = " or ".join(str(p) for p in lost) if lost else "a peer rank"
+    return (
+        f"lost {who}: a collective failed on rank {me} ({_first_sentence(exc)}); the newest "
+        "complete checkpoint is kept: requeue or rerun the job to resume from it"
+    )
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """gloo's and NCCL's message without their source location: ``Read error [addr]: ...``."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", lines[0]) if lines else ""
+    return (text.split(". ")[0] or type(exc).__name__)[:160]

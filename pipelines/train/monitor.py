@@ -7,7 +7,7 @@ FLOPs utilisation (where the device's peak is known) and tqdm's ETA; the same
 numbers go to TensorBoard under ``train/`` (``img_per_s``, ``tflops``: achieved
 TFLOP/s per device, ``mfu``). On resume
 the writer purges events after the resumed step, so curves never hold the
-steps replayed after a crash twice.
+steps replayed after a crash twice. :func:`read_scalars` reads them back.
 """
 
 from __future__ import annotations
@@ -27,6 +27,19 @@ from selfsup.pipelines.train.throughput import Throughput
 log = logging.getLogger(__name__)
 
 LOSS = "loss"
+
+
+def read_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """All ``(step, value)`` points of ``tag`` in a TensorBoard log directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not tb_dir.is_dir():
+        return []
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags().get("scalars", []):
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
 class MeanWindow:

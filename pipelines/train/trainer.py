@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from selfsup.atomic import write_atomic
-from selfsup.errors import SelfsupError, TrainingError, one_line
+from selfsup.errors import LostPeerError, SelfsupError, TrainingError, one_line
 from selfsup.logs import held_log_records
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
@@ -136,6 +136,12 @@ def train(
             # another still writes the final files can abort in gloo's threads.
             engine.barrier()
             return result
+    except Exception as exc:
+        lost = engine.lost_peer(exc)
+        if lost is None:
+            raise
+        log.error("%s", lost)
+        raise LostPeerError(lost) from exc
     finally:
         if lock is not None:
             lock.release()

@@ -73,6 +73,10 @@ CASES: dict[str, tuple[Case, str]] = {
         "--device is 'tpu'",
     ),
     "cluster profile of bad YAML": (_submit_with_profile("p: [x\n"), "is not valid YAML"),
+    "status of a folder that is no run": (
+        lambda run, scratch, base: ["status", str(scratch)],
+        "is not a selfsup run directory (it has no selfsup-run.json)",
+    ),
     "cluster profile that is a list": (
         _submit_with_profile("- a\n"),
         "must hold a mapping of settings",

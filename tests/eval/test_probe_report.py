@@ -27,7 +27,7 @@ def test_probe_writes_json_markdown_plot_and_tensorboard(tiny_overrides):
     assert "| cifar10 |" in markdown and "| fashion_mnist |" in markdown
     assert "![training loss](loss.png)" in markdown
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from selfsup.eval.reports.report import read_scalars
+    from selfsup.pipelines.train.monitor import read_scalars
 
     assert read_scalars(run / "tb", "probe/cifar10/linear_top1")
     assert read_scalars(run / "tb", "probe/fashion_mnist/random_init_knn_top1")

@@ -82,6 +82,7 @@ def build_engine(config: RunConfig, env: DistEnv | None = None) -> Engine:
         "grad_accum_steps": train.grad_accum_steps,
         "env": env,
         "compile": compile_mode(train.compile, train.compile_mode, train.engine, device),
+        "dist_timeout_s": train.dist_timeout_s,
     }
     return builder(config, options)
 

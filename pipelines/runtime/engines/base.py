@@ -35,7 +35,7 @@ from selfsup.pipelines.checkpoint.dcp_io import (
     quiet_dcp,
     stored_keys,
 )
-from selfsup.pipelines.runtime.distributed import DistEnv
+from selfsup.pipelines.runtime.distributed import DEFAULT_TIMEOUT_S, DistEnv
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Feature extraction for evaluation runs on CPUs too, where fp16 autocast does not.
@@ -65,6 +65,7 @@ class Engine:
         grad_accum_steps: int = 1,
         env: DistEnv | None = None,
         compile: str | None = None,
+        dist_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         check_precision(precision, device)  # the device is known only here
         self.device = device
@@ -73,6 +74,7 @@ class Engine:
         self.grad_accum_steps = grad_accum_steps
         self.env = env or DistEnv()
         self.compile = compile  # a torch.compile mode, or None: eager
+        self.dist_timeout_s = dist_timeout_s  # multi-process engines: their collectives' bound
         self.dtype = PRECISIONS[precision]
         # Loss scaling only matters for fp16; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -94,6 +96,10 @@ class Engine:
 
     def barrier(self) -> None:
         """Wait for every process (a no-op in one process)."""
+
+    def lost_peer(self, exc: BaseException) -> str | None:
+        """One line naming the rank a failed collective lost (None: one process has none)."""
+        return None
 
     def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean of ``value`` over processes."""

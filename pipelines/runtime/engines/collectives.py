@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from selfsup.pipelines.runtime.distributed import (
+    DistEnv,
+    Peer,
+    init_process_group,
+    introduce,
+    lost_peer_message,
+)
+
 
 class ProcessGroupCollectives:
     """Collectives over the default process group; mixed in before :class:`Engine`.
@@ -15,6 +23,18 @@ class ProcessGroupCollectives:
     backend: str
     device: torch.device
     world_size: int
+    env: DistEnv
+    dist_timeout_s: float
+    peers: list[Peer]
+
+    def join_process_group(self) -> None:
+        """Join the job's process group and learn where every rank runs."""
+        self.backend = init_process_group(self.env, self.device, self.dist_timeout_s)
+        self.peers = introduce(self.env, self._collective_device())
+
+    def lost_peer(self, exc: BaseException) -> str | None:
+        """One line naming the rank a failed collective lost (None: not such a failure)."""
+        return lost_peer_message(exc, self.peers, self.env.rank)
 
     def barrier(self) -> None:
         dist.barrier()

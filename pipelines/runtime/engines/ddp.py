@@ -10,7 +10,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from selfsup.pipelines.runtime.distributed import init_process_group
 from selfsup.pipelines.runtime.engines.base import Engine
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
 
@@ -23,7 +22,7 @@ class DDPEngine(ProcessGroupCollectives, Engine):
     def __init__(self, *args, sync_batchnorm: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sync_batchnorm = sync_batchnorm
-        self.backend = init_process_group(self.env, self.device)
+        self.join_process_group()
         self.wrapped: DistributedDataParallel | None = None
 
     def setup(

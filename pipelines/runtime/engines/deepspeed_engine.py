@@ -44,7 +44,6 @@ from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError, DependencyError, one_line
 from selfsup.pipelines.checkpoint.untrusted import deepspeed_reads
-from selfsup.pipelines.runtime.distributed import init_process_group
 from selfsup.pipelines.runtime.engines.base import Engine, all_finite
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
 
@@ -132,7 +131,7 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
             self.precision,
             read_overrides(config_overrides),
         )
-        self.backend = init_process_group(self.env, self.device)
+        self.join_process_group()
         self.ds_engine: Any = None
 
     def setup(

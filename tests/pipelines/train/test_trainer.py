@@ -6,10 +6,10 @@ import torch
 
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.eval.frozen.probe import initial_backbone
-from selfsup.eval.reports.report import read_scalars
 from selfsup.pipelines.checkpoint.folders import list_checkpoints, step_of
 from selfsup.pipelines.checkpoint.weights import load_backbone
 from selfsup.pipelines.config import load_config
+from selfsup.pipelines.train.monitor import read_scalars
 from selfsup.pipelines.train.trainer import train
 
 
