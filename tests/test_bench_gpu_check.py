@@ -37,10 +37,10 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny_sizes(tmp_path):
     for row in e2e.ROWS:  # the printed ratios are the measured rates' own ratios
         rate = e2e_rates[row]
         assert f"| {row} | {rate:,.1f} | {rate / ceiling:.2f}x | {rate / lightly:.2f}x |" in out
-    # bench/train_step.py: the distillation pair eager, then its student compiled.
+    # bench/train_step.py: the distillation pair, eager (compiled only on the GPU machine).
     rows = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
     steps = [r.split(" | ")[0] for r in rows if r.split(" | ")[0][2:] in train_step.WORKLOADS]
-    assert steps == ["| simclr_r18", "| distill_r50_r18", "| simclr_r18"]
+    assert steps == ["| simclr_r18", "| distill_r50_r18"]
     assert "distillation MFU (teacher FLOPs counted) / student SimCLR MFU:" in out
     loaders = json.loads((tmp_path / "out" / "loaders.json").read_text())["results"]
     assert set(loaders) == {"selfsup memory", "selfsup ffcv + device decode"}

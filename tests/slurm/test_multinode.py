@@ -18,19 +18,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers.cluster import hosts, rank_lines, submit_two_node
 from helpers.runs import DEMO, REPO, assert_identical, finish, launch
 
 from selfsup.cli import main
-from selfsup.pipelines.config import load_config
-from selfsup.slurm.profiles import load_profile
 from selfsup.slurm.status import job_starts, run_status
-from selfsup.slurm.submit import Submission, submit_training, wait_for
+from selfsup.slurm.submit import Submission, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.two_nodes, pytest.mark.slow]
 
 STEPS = 24
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster.sh"
-RANK_LINE = re.compile(r"rank (\d) on (\S+) \((\S+)\) of 2")
 DDP = ["train.engine=ddp", "data.loader=torchvision"]
 
 
@@ -47,33 +45,28 @@ def final_checkpoint(run_dir: Path, steps: int = STEPS) -> Path:
     return run_dir / "checkpoints" / f"step_{steps:09d}"
 
 
-def torchrun(run_dir: Path, options: list[str]) -> Path:
-    finish(launch(2, options))
-    return run_dir
+class Twin:
+    """A torchrun run of a job's config, started at once and waited for when first compared
+    (so that it trains while SLURM schedules and starts the job)."""
+
+    def __init__(self, run_dir: Path, options: list[str]) -> None:
+        self.run_dir, self.process = run_dir, launch(2, options)
+
+    def final(self, steps: int = STEPS) -> Path:
+        if self.process.returncode is None:
+            finish(self.process)
+        return final_checkpoint(self.run_dir, steps)
 
 
 @pytest.fixture(scope="module")
-def ddp_reference(tmp_path_factory, data_root) -> Path:
+def ddp_reference(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("torchrun") / "ddp"
-    return torchrun(run_dir, overrides(data_root, run_dir, *DDP))
+    twin = Twin(run_dir, overrides(data_root, run_dir, *DDP))
+    yield twin
+    twin.process.kill()
 
 
-def submit(options: list[str], **profile) -> Submission:
-    return submit_training(load_config(DEMO, options), load_profile("dev2", profile))
-
-
-def hosts(job: Submission) -> set[str]:
-    return {host for host, _ in rank_lines(job.run_dir, job.job_id).values()}
-
-
-def rank_lines(run_dir: Path, job_id: str) -> dict[int, tuple[str, str]]:
-    """Each rank's (host, address), from the line it logs on joining the process group."""
-    found = {}
-    for task in (0, 1):
-        text = (run_dir / f"{job_id}_{task}_log.err").read_text()
-        for rank, host, address in RANK_LINE.findall(text):
-            found[int(rank)] = (host, address)
-    return found
+submit = submit_two_node
 
 
 def states(job_id: str, timeout: float = 60) -> list[str]:
@@ -112,12 +105,12 @@ def task_process(node: str, run_dir: Path) -> psutil.Process:
     raise AssertionError(f"no training process of {run_dir} on {node}")
 
 
-def assert_resumed_equal(job: Submission, reference: Path, first_state: str) -> list[str]:
+def assert_resumed_equal(job: Submission, reference: Twin, first_state: str) -> list[str]:
     outcome = wait_for(job.job, timeout_s=600)
     assert outcome.ok, outcome.error
     history = states(job.job_id)
     assert history[0] == first_state and history[-1] == "COMPLETED", history
-    assert_identical(final_checkpoint(reference), final_checkpoint(job.run_dir))
+    assert_identical(reference.final(), final_checkpoint(job.run_dir))
     return history
 
 
@@ -171,7 +164,7 @@ def test_two_node_ddp_jobs_equal_torchrun_and_log_each_rank_on_its_node(
     assert ranks[0][1] != ranks[1][1] and not ranks[1][1].startswith("127."), ranks
     shards = sorted(p.name for p in final_checkpoint(run_dir).glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own
-    assert_identical(final_checkpoint(ddp_reference), final_checkpoint(run_dir))
+    assert_identical(ddp_reference.final(), final_checkpoint(run_dir))
     lines = run_status(run_dir).lines()
     assert f"job         {job_id}: COMPLETED on node[1-2]" in lines[1], lines
     assert lines[2] == "restarts    0" and f"step {STEPS} of {STEPS}" in lines[3], lines
@@ -183,9 +176,14 @@ def test_two_node_ddp_jobs_equal_torchrun_and_log_each_rank_on_its_node(
 def test_a_lost_rank_leaves_its_peer_within_the_timeout_and_the_job_ends_equal(
     ddp_reference, data_root, tmp_path
 ):
+    # Beside it, a job whose requeues are used up (max_requeues=0) gets the preemption
+    # warning: it checkpoints and fails, naming the bound.
+    bounded = submit(overrides(data_root, tmp_path / "bounded", *DDP, steps=200), max_requeues=0)
     timeout_s = 20
     options = overrides(data_root, tmp_path / "rank", *DDP, f"train.dist_timeout_s={timeout_s}")
     job = submit(options)
+    wait_until(bounded.run_dir / "checkpoints" / "step_000000004", bounded)
+    subprocess.run(["scancel", "--signal=USR2", bounded.job_id], check=True, timeout=60)
     wait_until(job.run_dir / "checkpoints" / "step_000000008", job)
     survivor = task_process("node1", job.run_dir)
     at, killed = time.time(), time.monotonic()
@@ -196,38 +194,28 @@ def test_a_lost_rank_leaves_its_peer_within_the_timeout_and_the_job_ends_equal(
     first_log = (job.run_dir / f"{job.job_id}_0_log.err").read_text()
     assert re.search(r"lost rank 1 on node2 \(\S+\): a collective failed on rank 0", first_log)
     recovery(job, "a lost rank", at)
-
-
-def test_two_node_deepspeed_zero2_job_equals_torchrun(data_root, tmp_path):
-    zero2 = ["train.engine=deepspeed", "train.zero_stage=2", "optim.name=adamw",
-             "optim.base_lr=0.001"]  # fmt: skip
-    reference = tmp_path / "reference"
-    uninterrupted = launch(2, overrides(data_root, reference, *zero2, steps=8))
-    job = submit(overrides(data_root, tmp_path / "zero2", *zero2, steps=8))
-    finish(uninterrupted)
-    outcome = wait_for(job.job, timeout_s=600)
-    assert outcome.ok, outcome.error
-    assert hosts(job) == {"node1", "node2"}
-    assert_identical(final_checkpoint(reference, 8), final_checkpoint(job.run_dir, 8))
+    outcome = wait_for(bounded.job, timeout_s=300)
+    assert outcome.state == "FAILED" and "not requeued again (max_requeues=0)" in outcome.error
+    assert run_status(bounded.run_dir).checkpoint_step >= 4  # nothing lost
 
 
 def test_time_limit_warning_mid_run_requeues_and_ends_equal(data_root, tmp_path):
     # Two minutes, warned 60 s before: SLURM checks limits every 30 s, so the warning
     # comes 30-60 s into each start. The uninterrupted twin trains beside the job (the
     # cores shared, both slower: the job surely outlives its first warning).
-    steps = 150
-    reference = tmp_path / "reference"
-    twin = launch(2, overrides(data_root, reference, *DDP, steps=steps))
+    steps = 110
+    twin = Twin(tmp_path / "reference", overrides(data_root, tmp_path / "reference", *DDP,
+                                                  steps=steps))  # fmt: skip
     options = overrides(data_root, tmp_path / "timed", *DDP, "checkpoint.every_steps=10",
                         steps=steps)  # fmt: skip
     job = submit(options, time_min=2, signal_delay_s=60, max_requeues=4)
-    finish(twin)
+    twin.final(steps)
     outcome = wait_for(job.job, timeout_s=600)
     assert outcome.ok, outcome.error
     history = states(job.job_id)
     assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
     assert "stopped by SIGUSR2" in (job.run_dir / "train.log").read_text()
-    assert_identical(final_checkpoint(reference, steps), final_checkpoint(job.run_dir, steps))
+    assert_identical(twin.final(steps), final_checkpoint(job.run_dir, steps))
     recovery(job, "the time limit")
 
 

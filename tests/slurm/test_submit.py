@@ -13,7 +13,6 @@ from helpers.cluster import slurm_nodes_up
 
 from selfsup.cli import main
 from selfsup.errors import ConfigError
-from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.train.trainer import train
 from selfsup.slurm.profiles import load_profile
@@ -98,31 +97,6 @@ def job_overrides(tiny_overrides, tmp_path):
 def submit(overrides: list[str], **profile_overrides):
     config = load_config(DEMO, overrides)
     return submit_training(config, load_profile("dev", profile_overrides))
-
-
-def wait_until(path: Path, submission, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        state = submission.job.get_info(mode="force").get("State", "")
-        assert not state.startswith(("FAILED", "CANCELLED", "COMPLETED")), state
-        time.sleep(0.1)
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_requeues_are_bounded(job_overrides):
-    run = submit(
-        [*job_overrides, "name=bounded", "train.max_steps=200", "checkpoint.every_steps=4"],
-        max_requeues=0,
-    )
-    wait_until(run.run_dir / "checkpoints" / "step_000000004", run)
-    subprocess.run(["scancel", "--signal=USR2", run.job_id], check=True, timeout=60)
-    outcome = wait_for(run.job, timeout_s=300)
-    assert outcome.state == "FAILED"
-    assert "not requeued again (max_requeues=0)" in outcome.error
-    latest = find_latest(run.run_dir / "checkpoints")
-    assert latest is not None and read_meta(latest)["step"] >= 4  # nothing lost
 
 
 @pytest.mark.slurm
