@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
         if result.stopped_by:
             self._leave(result.stopped_by, job)
+        # Training is over: a preemption or time-limit warning from here on has nothing to
+        # save, and must not kill the task before submitit records its result (the job
+        # would end FAILED with its work done).
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         return {"run_dir": str(run_dir), "step": result.step, "final_loss": result.final_loss}
 
     def _leave(self, stopped_by: str, job: submitit.JobEnvironment) -> None:
