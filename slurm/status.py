@@ -58,7 +58,8 @@ class RunStatus:
         if self.job_id is None:
             return "none (not submitted to SLURM)"
         if not self.starts:
-            return f"{self.job_id}, state unknown ({self.accounting})"
+            why = self.accounting or "sacct has no record of it yet"
+            return f"{self.job_id}, state unknown ({why})"
         now = self.starts[-1]
         return f"{self.job_id}: {now.state} on {now.nodes} (started {now.start})"
 
