@@ -7,6 +7,12 @@ the baseline is ``torch.save`` of ``{"model", "optimizer"}`` state dicts to one
 file (and ``torch.load`` + ``load_state_dict`` back), fsynced too so that both
 include the time to reach the disk. Median of ``--repeat`` runs.
 
+Then the training stall per checkpoint (``--stall-backbones``, ResNet-50 and
+ViT-B states by default): how long ``CheckpointManager.save`` holds training
+when it writes synchronously, against ``checkpoint.async_save`` (a copy into
+CPU memory, pinned on CUDA, then DCP's ``async_save`` in a thread), in the
+same process and run.
+
     python bench/checkpoint.py --repeat 3
 """
 
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import Engine
@@ -100,6 +107,41 @@ def bench(args) -> dict[str, float]:
     return result
 
 
+def stall(args, backbone: str) -> dict[str, float]:
+    """Seconds ``save()`` keeps training waiting: a synchronous write against a background one
+    (the copy into CPU memory; the write itself overlaps the next steps)."""
+    device = torch.device(args.device)
+    engine, _, _, scheduler = setup(device, backbone)
+    root = Path(tempfile.mkdtemp(dir=args.dir))
+    times: dict[str, list[float]] = {"sync": [], "async": []}
+    try:
+        for i in range(args.repeat):
+            for kind, writer in (("sync", None), ("async", BackgroundWriter(device))):
+                manager = CheckpointManager(
+                    root / f"{kind}{i}", engine, scheduler, TrainState(step=1),
+                    Cadence(keep_last=1), writer=writer,
+                )  # fmt: skip
+                started = time.perf_counter()
+                manager.save(1, force=True)
+                times[kind].append(time.perf_counter() - started)
+                manager.wait()  # not a stall: training would run meanwhile
+                manager.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def print_stalls(args, device: str) -> None:
+    print(f"\ntraining stall per checkpoint, {device}, median of {args.repeat}")
+    rows = []
+    for backbone in args.stall_backbones.split(","):
+        r = stall(args, backbone)
+        rows.append([backbone, f"{r['sync']:.2f} s", f"{r['async']:.2f} s",
+                     f"{r['async'] / r['sync']:.3f}x"])  # fmt: skip
+    header = ["model state", "synchronous save", "checkpoint.async_save", "ratio"]
+    print(*markdown_table(header, rows), sep="\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,6 +150,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backbone", default="resnet50", help="resnet18: a quick check")
     parser.add_argument("--dir", default=None, help="where to write (default: the temp dir)")
+    parser.add_argument(
+        "--stall-backbones", default="resnet50,vit_base",
+        help="models whose training stall per checkpoint is measured ('' skips it)",
+    )  # fmt: skip
     args = parser.parse_args()
     r = bench(args)
     device = (
@@ -124,6 +170,8 @@ def main() -> None:
     ]
     header = ["operation", "selfsup (DCP, atomic)", "torch.save/load", "ratio"]
     print(*markdown_table(header, rows), sep="\n")
+    if args.stall_backbones:
+        print_stalls(args, device)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@
 #
 # In order of what matters most (a section that overruns its time budget is
 # stopped, logged as TIMED OUT, and the script goes on: the budgets add up to
-# 445 s, so with the kit's set-up the run stays under 8 minutes; bench/e2e.py
+# 460 s (520 with two GPUs), so with the kit's set-up the run stays under 8 minutes; bench/e2e.py
 # writes its JSON after each workload, so a cut keeps what it measured): end to end through the trainer with each loader
 # (bench/e2e.py), the training step eager and compiled (bench/train_step.py,
-# distillation included), the loaders (bench/loaders.py), checkpoints
-# (bench/checkpoint.py), a bf16 and an fp16 DeepSpeed step, 2:4 sparsity
+# distillation included), the loaders (bench/loaders.py), checkpoints and the
+# stall of a synchronous against a background one (bench/checkpoint.py),
+# per-rank memory on fsdp vs ddp where two GPUs are visible (bench/engine_memory.py), a bf16 and an fp16 DeepSpeed step, 2:4 sparsity
 # (bench/sparsity.py). OUT receives gpu_check.log and one JSON per section.
 # Where lightly, submitit, deepspeed or ffcv are missing (the GPU machine's
 # image), the device kit of ../shared/device (or a copy in .devkit/) sets
@@ -51,7 +52,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   e2e=(--smoke --window 1 --windows 1 --cache "$out/cache")
   loaders=(--data "$out/cache/tiny" --image-size 32 --batch-size 8 --batches 2 --warmup 1
            --workers 1 --cache "$out/cache" --only "selfsup memory,selfsup ffcv + device decode")
-  checkpoint=(--backbone resnet18 --repeat 1)
+  checkpoint=(--backbone resnet18 --repeat 1 --stall-backbones resnet18)
   deepspeed_precisions=()
   sparsity=(--smoke)
 else
@@ -75,7 +76,12 @@ section "train step, eager" 40 python bench/train_step.py ${eager[@]+"${eager[@]
 [ "${SMOKE:-0}" = 1 ] || section "train step, compiled" 60 python bench/train_step.py --compile \
   ${compiled[@]+"${compiled[@]}"} "${step[@]}"
 section "loaders" 30 python bench/loaders.py "${loaders[@]}" --json "$out/loaders.json"
-section "checkpoint" 15 python bench/checkpoint.py "${checkpoint[@]}"
+section "checkpoint, synchronous and background" 30 python bench/checkpoint.py "${checkpoint[@]}"
+# Sharding needs two GPUs or more: per-rank memory, FSDP against DDP, ViT-B.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "${SMOKE:-0}" != 1 ] && [ "$gpus" -ge 2 ]; then
+  section "per-rank memory, fsdp vs ddp" 60 python bench/engine_memory.py --device cuda --ranks 2
+fi
 for precision in ${deepspeed_precisions[@]+"${deepspeed_precisions[@]}"}; do
   section "DeepSpeed ZeRO-2 step, $precision" 20 python bench/e2e.py "${e2e[@]}" \
     --workload r18_224 --rows memory --engine deepspeed --precision "$precision" \

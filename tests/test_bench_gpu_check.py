@@ -45,4 +45,5 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny_sizes(tmp_path):
     loaders = json.loads((tmp_path / "out" / "loaders.json").read_text())["results"]
     assert set(loaders) == {"selfsup memory", "selfsup ffcv + device decode"}
     assert "| save | " in out and "| load | " in out  # bench/checkpoint.py
+    assert "| resnet18 | " in out and "training stall per checkpoint" in out  # sync vs async
     assert sparsity.CPU_LINE in out

@@ -286,10 +286,11 @@ class Validator:
         )
 
     def __call__(self, trainer: Trainer) -> None:
-        objective = trainer.engine.unwrap()
-        assert isinstance(objective, SupervisedObjective)
         info = self.inputs.info
-        with torch.random.fork_rng(devices=[]):  # the loader's workers draw a seed
+        # Every rank predicts (FSDP gathers the sharded weights for it, a collective);
+        # the RNG is forked because the loader's workers draw a seed.
+        with trainer.engine.gathered() as objective, torch.random.fork_rng(devices=[]):
+            assert isinstance(objective, SupervisedObjective)
             logits, labels = predict(
                 objective.classifier,
                 self.batches,

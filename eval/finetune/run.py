@@ -157,11 +157,13 @@ def _image_size(info: BackboneInfo, ft: FinetuneConfig) -> int:
 
 
 def _engine(run_config: RunConfig, device: str) -> Engine:
-    """single in one process; the run's DDP engine (or ddp) under torchrun/srun."""
-    name = run_config.train.engine
+    """single in one process; under torchrun/srun finetune.engine, else the run's engine
+    (ddp for a one-process run)."""
+    name = run_config.finetune.engine or run_config.train.engine
     if name == "deepspeed":
         raise ConfigError(
-            "fine-tuning runs on the single and ddp engines; set train.engine=ddp (or single)"
+            "fine-tuning runs on the single, ddp and fsdp engines; set finetune.engine=ddp "
+            "(or fsdp)"
         )
     env = detect_env()
     engine = (name if name != "single" else "ddp") if env.distributed else "single"

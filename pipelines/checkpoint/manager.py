@@ -3,7 +3,7 @@
 Layout of a run's ``checkpoints/`` folder::
 
     step_000000500/          one complete checkpoint
-        .metadata            DCP index (single/DDP engines)
+        .metadata            DCP index (single/DDP/FSDP engines)
         __0_0.distcp ...     tensors, one file per writing rank
         (DeepSpeed: mp_rank_*_model_states.pt, zero_pp_rank_*_optim_states.pt)
         rng_rank0.pt ...     every rank's RNG states (weights-only files)
@@ -20,6 +20,14 @@ temporary folder is ignored and removed by the next save. Model and optimizer
 states are the engine's business (DCP or DeepSpeed); this module owns the
 protocol around them.
 
+With ``checkpoint.async_save`` the model and optimizer are copied into CPU
+memory at the step saved and written by a background thread
+(:mod:`~selfsup.pipelines.checkpoint.background`) while training goes on;
+the same commit (meta.json, manifest, rename, ``latest``) follows once every
+rank's write is complete, found by :meth:`CheckpointManager.poll` after each
+step, or by :meth:`CheckpointManager.wait` before the next save and before
+the process ends. A failed background write stops training at the next step.
+
 The manager is built with the stateful objects it saves (torchtitan's
 idea): the engine (model, optimizer, loss scale), the scheduler, the
 training position and, implicitly, this process's RNG states; it decides
@@ -34,6 +42,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +52,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from selfsup.atomic import fsync_dir, fsync_file, fsync_tree, write_atomic
 from selfsup.errors import CheckpointError, one_line
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.dcp_io import find_cause
 from selfsup.pipelines.checkpoint.folders import (
     FORMAT,
@@ -93,6 +103,27 @@ class Cadence:
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
 
 
+@dataclass
+class PendingWrite:
+    """A checkpoint whose files are being written; committed when complete."""
+
+    tmp: Path
+    final: Path
+    meta: dict[str, Any]  # meta.json as of the step saved, written at the commit
+    started: float
+    future: Future | None = None
+
+
+def _finished_with_error(future: Future | None) -> bool:
+    """Wait for ``future``; whether it ended in an error."""
+    assert future is not None
+    try:
+        future.result()
+    except Exception:
+        return True
+    return False
+
+
 class CheckpointManager:
     """Saves, finds, loads and prunes one run's checkpoints of the objects it was built with."""
 
@@ -106,6 +137,7 @@ class CheckpointManager:
         describe: Callable[[], dict[str, Any]] | None = None,
         before_write: Callable[[], None] | None = None,
         hooks: Mapping[str, HookState] | None = None,
+        writer: BackgroundWriter | None = None,
     ) -> None:
         self.directory = directory
         self.engine = engine
@@ -118,6 +150,8 @@ class CheckpointManager:
         self.before_write = before_write
         self.last_saved: int | None = None
         self.hooks = dict(hooks or {})  # training hooks: their state goes into meta.json
+        self.writer = writer  # None: every write completes inside save()
+        self.pending: PendingWrite | None = None
 
     def latest(self) -> Path | None:
         return find_latest(self.directory)
@@ -127,49 +161,113 @@ class CheckpointManager:
         return bool(every and step % every == 0) or step == total
 
     def save(self, step: int, force: bool = False) -> Path | None:
-        """Checkpoint ``step`` when due (or ``force``) and not saved yet; its folder, or None."""
+        """Checkpoint ``step`` when due (or ``force``) and not saved yet; its folder, or None.
+
+        With a background writer the folder is committed later (:meth:`poll`,
+        :meth:`wait`); the write before it is waited for first: one in flight at most.
+        """
         if step == self.last_saved or not (force or self.due(step)):
             return None
         assert step == self.state.step, (step, self.state.step)
+        self.wait()
         if self.before_write is not None:
             self.before_write()
         path = self._write()
         self.last_saved = step
         return path
 
+    def poll(self) -> None:
+        """Commit the background write once it is complete on every rank (collective while
+        one is in flight: every rank commits, or fails, at the same step)."""
+        pending = self.pending
+        if pending is None or pending.future is None:
+            return
+        done = pending.future.done()
+        failed = done and pending.future.exception() is not None
+        if self.engine.any_rank(failed):
+            self._fail(pending)
+        if not self.engine.any_rank(not done):
+            self._commit(pending)
+
+    def wait(self) -> None:
+        """Wait for the background write, if any, and commit it (before exit, before the next)."""
+        pending = self.pending
+        if pending is None:
+            return
+        failed = _finished_with_error(pending.future)
+        if self.engine.any_rank(failed):
+            self._fail(pending)
+        self._commit(pending)
+
+    def close(self) -> None:
+        """Release the background writer (its process group and staging memory)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def _write(self) -> Path:
         """Every rank writes its files into a temporary folder; rank 0 commits it."""
-        started = time.perf_counter()
         engine = self.engine
         final = self.directory / step_dir_name(self.state.step)
         tmp = self.directory / f".{final.name}.tmp"
         if engine.is_main:
-            self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)  # before the RNG files: a background write makes it late
         engine.barrier()
+        pending = PendingWrite(tmp, final, self._meta(), time.perf_counter())
         try:
-            engine.save_model_and_optimizer(tmp)
+            future = engine.save_model_and_optimizer(tmp, self.writer)
             own_rng = rng_file(tmp, engine.rank)
             torch.save(capture_rng(), own_rng)
             fsync_file(own_rng)
-            engine.barrier()  # every rank's files are on disk
-            if engine.is_main:
-                (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=1))
-                write_manifest(tmp)  # last, covering meta.json: the rename below commits both
-                fsync_tree(tmp)
         except (OSError, CheckpointException) as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the newest
             raise self._write_failed(exc) from None
+        if future is None:
+            self._commit(pending)
+        else:
+            pending.future = future
+            self.pending = pending
+            log.info(
+                "checkpoint of step %d copied in %.2fs; writing it in the background",
+                self.state.step,
+                time.perf_counter() - pending.started,
+            )
+        return final
+
+    def _commit(self, pending: PendingWrite) -> None:
+        """Every rank's files are on disk: rank 0 writes meta and manifest, renames, moves
+        ``latest``."""
+        self.pending = None
+        engine, tmp, final = self.engine, pending.tmp, pending.final
+        engine.barrier()  # every rank's files are on disk
         if engine.is_main:
+            try:
+                (tmp / META_FILE).write_text(json.dumps(pending.meta, indent=1))
+                write_manifest(tmp)  # last, covering meta.json: the rename below commits both
+                fsync_tree(tmp)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self._write_failed(exc) from None
             if final.exists():  # the same step saved again (e.g. the final save)
                 shutil.rmtree(final)
             tmp.rename(final)
             fsync_dir(self.directory)
             write_atomic(self.directory / LATEST_FILE, final.name + "\n")
             self._prune()
-            log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - started)
+            seconds = time.perf_counter() - pending.started
+            log.info("saved checkpoint %s (%.1fs)", final, seconds)
         engine.barrier()
-        return final
+
+    def _fail(self, pending: PendingWrite) -> None:
+        """A background write failed on some rank: its folder goes, training stops."""
+        self.pending = None
+        future = pending.future
+        error = future.exception() if future is not None and future.done() else None
+        self.engine.barrier()
+        if self.engine.is_main:
+            shutil.rmtree(pending.tmp, ignore_errors=True)
+        raise self._write_failed(error or OSError("the write failed on another rank"))
 
     def _write_failed(self, exc: BaseException) -> CheckpointError:
         cause = find_cause(exc, OSError)

@@ -120,11 +120,15 @@ class TrainConfig:
     compile: bool | str = "auto"
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune-no-cudagraphs
     peak_tflops: float | None = None  # per device, for MFU where selfsup has no table entry
-    engine: str = "single"  # single | ddp | deepspeed (ddp/deepspeed under torchrun or srun)
+    # single | ddp | fsdp | deepspeed (all but single under torchrun or srun)
+    engine: str = "single"
     grad_accum_steps: int = 1  # micro-batches per optimizer step
-    sync_batchnorm: bool = False  # ddp: BatchNorm statistics over all processes
+    sync_batchnorm: bool = False  # ddp, fsdp: BatchNorm statistics over all processes
+    # fsdp: free each block's gathered parameters after its forward (gather again for
+    # backward): less memory, one more all-gather per block (FSDP2's reshard_after_forward)
+    fsdp_reshard_after_forward: bool = True
     zero_stage: int = 2  # deepspeed: ZeRO stage 0-3
-    # ddp/deepspeed: seconds a collective may wait for the other ranks. A rank whose peer
+    # ddp/fsdp/deepspeed: seconds a collective may wait for the other ranks. A rank whose peer
     # died (a lost node) leaves within it; it must outlast the slowest checkpoint write.
     dist_timeout_s: float = 1800.0
     deepspeed_config: str | None = None  # deepspeed: JSON file merged over the generated config
@@ -141,6 +145,9 @@ class CheckpointConfig:
     keep_last: int = 2
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
     resume: bool = True  # resume automatically when the run directory holds a checkpoint
+    # Write checkpoints in the background (DCP async_save; not deepspeed): training waits
+    # only for a copy into CPU memory; `latest` moves once the write is complete.
+    async_save: bool = False
     # resume=false in a run directory with checkpoints: move the old run aside
     # (into replaced-<time>/) instead of refusing (`selfsup train --overwrite`).
     overwrite: bool = False
@@ -218,6 +225,8 @@ class FinetuneConfig:
     # torchvision's default weights in torch's cache; never downloaded.
     supervised: str = ""
     log_every: int = 10  # steps between TensorBoard scalars
+    # Under torchrun/srun: ddp | fsdp (None: the pretraining run's engine, ddp for single)
+    engine: str | None = None
     # Logit distillation (Hinton et al.): a fine-tuned teacher classifier (its classifier.pt,
     # or a folder holding <dataset>/<recipe>/pretrained/classifier.pt). When set, a third
     # fine-tune, "distilled", starts from the same weights as "pretrained" and learns from

@@ -118,6 +118,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"config key 'train.zero_stage' must be 0-3, got {config.train.zero_stage}"
         )
+    if config.checkpoint.async_save and config.train.engine == "deepspeed":
+        raise ConfigError(
+            "checkpoint.async_save=true writes through torch.distributed.checkpoint, which the "
+            "single, ddp and fsdp engines use; DeepSpeed writes its own format synchronously: "
+            "set checkpoint.async_save=false or another train.engine"
+        )
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(
             f"config key 'train.max_steps' must be positive, got {config.train.max_steps}"

@@ -158,6 +158,12 @@ def check_sparsity(config: RunConfig) -> None:
             "sparsity masks are computed from whole weights, which ZeRO-3 partitions: use "
             "train.zero_stage=2 (or 0/1) with sparsity"
         )
+    if config.sparsity.enabled and config.train.engine == "fsdp":
+        raise ConfigError(
+            "sparsity masks are computed from whole weights and applied as parametrizations, "
+            "which FSDP's sharded DTensor parameters do not carry: use train.engine=ddp (or "
+            "deepspeed with ZeRO 0-2) with sparsity"
+        )
 
 
 register_section(SPARSITY_META, SparsityConfig)

@@ -33,6 +33,7 @@ from torch import nn
 from selfsup.atomic import write_atomic
 from selfsup.errors import LostPeerError, SelfsupError, TrainingError, one_line
 from selfsup.logs import held_log_records
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.folders import find_latest, read_meta
 from selfsup.pipelines.checkpoint.manager import Cadence, CheckpointManager, TrainState
 from selfsup.pipelines.checkpoint.run_dir import (
@@ -292,6 +293,7 @@ class Trainer:
             describe=self._checkpoint_meta,
             before_write=self._refuse_non_finite,
             hooks=self.hooks,
+            writer=BackgroundWriter(engine.device) if config.checkpoint.async_save else None,
         )
         # Every micro-batch's loss was finite: tracked on the device, so the
         # hot path never waits for the host; read before each checkpoint.
@@ -395,16 +397,19 @@ class Trainer:
                     self._log_first_step(started)
                 if self.state.step % self.steps_per_epoch == 0:
                     self._end_epoch()
+                self.checkpoints.poll()  # a background write that completed is committed
                 stopping = self.engine.any_rank(bool(stop))
                 self.checkpoints.save(self.state.step, force=stopping)
                 if stopping:
                     stopped_by = stop.received or "a signal to another rank"
                     break
+            self.checkpoints.wait()  # the last checkpoint is complete before the process ends
         finally:
             steps.close()  # the epoch's batch iterator first, then the loader's workers
             self.loader.close()
             stop.uninstall()
             self.monitor.close()
+            self.checkpoints.close()
         return self._result(stopped_by)
 
     def step(self, step: int, micro_batches: list[ViewBatch]) -> None:

@@ -55,6 +55,14 @@ CASES: dict[str, tuple[Case, str]] = {
     "negative lr": (_train_over("optim.base_lr=-1"), "'optim.base_lr' must be a finite number"),
     "zero temperature": (_train_over("method.temperature=0"), "'method.temperature' must be"),
     "nan lr": (_train_over("optim.base_lr=nan"), "'optim.base_lr' must be a finite number"),
+    "background checkpoints on deepspeed": (
+        _train_over("train.engine=deepspeed", "checkpoint.async_save=true"),
+        "DeepSpeed writes its own format synchronously",
+    ),
+    "sparsity on fsdp": (
+        _train_over("train.engine=fsdp", "sparsity.target=0.5"),
+        "which FSDP's sharded DTensor parameters do not carry: use train.engine=ddp",
+    ),
     "export to an existing folder": (
         lambda run, scratch, base: ["checkpoint", "export", str(run), str(scratch)],
         "is a folder",

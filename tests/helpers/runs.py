@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 
-def launch(nproc: int, overrides: list[str], torchrun: bool = True) -> subprocess.Popen:
-    """``selfsup train`` under torchrun, or (``torchrun=False``, one process) on its own."""
+def launch(
+    nproc: int, overrides: list[str], torchrun: bool = True, config: str = DEMO
+) -> subprocess.Popen:
+    """``selfsup train CONFIG`` under torchrun, or (``torchrun=False``, one process) on its own."""
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
@@ -29,7 +31,7 @@ def launch(nproc: int, overrides: list[str], torchrun: bool = True) -> subproces
     launcher = [
         "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
     ] if torchrun else []  # fmt: skip
-    command = [sys.executable, *launcher, "-m", "selfsup", "train", DEMO, *overrides]
+    command = [sys.executable, *launcher, "-m", "selfsup", "train", config, *overrides]
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -219,10 +219,11 @@ def test_time_limit_warning_mid_run_requeues_and_ends_equal(data_root, tmp_path)
     recovery(job, "the time limit")
 
 
-def test_preempted_by_the_urgent_partition_requeues_and_ends_equal(
-    ddp_reference, data_root, tmp_path
-):
-    job = submit(overrides(data_root, tmp_path / "preempted", *DDP))
+def test_preempted_fsdp_job_requeues_and_ends_equal(data_root, tmp_path):
+    """FSDP here: the DDP jobs face the other faults."""
+    fsdp = ["train.engine=fsdp", "data.loader=torchvision"]
+    twin = Twin(tmp_path / "reference", overrides(data_root, tmp_path / "reference", *fsdp))
+    job = submit(overrides(data_root, tmp_path / "preempted", *fsdp))
     wait_until(job.run_dir / "checkpoints" / "step_000000004", job)
     at = time.time()
     urgent = subprocess.run(
@@ -230,7 +231,7 @@ def test_preempted_by_the_urgent_partition_requeues_and_ends_equal(
          f"--output={tmp_path}/urgent.out", "--wrap=srun hostname"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    assert assert_resumed_equal(job, ddp_reference, "PREEMPTED")
+    assert assert_resumed_equal(job, twin, "PREEMPTED")
     assert states(urgent.stdout.strip().split(";")[0]) == ["COMPLETED"]
     recovery(job, "preemption", at)
     log = (job.run_dir / "train.log").read_text()

@@ -1,4 +1,4 @@
-"""Training engines: one process, DDP, DeepSpeed ZeRO.
+"""Training engines: one process, DDP, FSDP2, DeepSpeed ZeRO.
 
 The trainer talks to an engine only through :class:`~selfsup.pipelines.runtime.engines.base.Engine`,
 so the same loop runs on every engine; :func:`build_engine` picks one from
@@ -30,7 +30,7 @@ from selfsup.pipelines.runtime.engines.base import (
 from selfsup.registry import Registry, UnknownName
 
 # Each entry builds its engine from the run config and the engine options
-# shared by all; DDP and DeepSpeed are imported only when chosen.
+# shared by all; DDP, FSDP and DeepSpeed are imported only when chosen.
 EngineBuilder = Callable[["RunConfig", dict[str, Any]], Engine]
 ENGINES: Registry[EngineBuilder] = Registry("engine")
 
@@ -47,6 +47,17 @@ def _ddp(config: RunConfig, options: dict[str, Any]) -> Engine:
     from selfsup.pipelines.runtime.engines.ddp import DDPEngine
 
     return DDPEngine(sync_batchnorm=config.train.sync_batchnorm, **options)
+
+
+@ENGINES.decorator("fsdp")
+def _fsdp(config: RunConfig, options: dict[str, Any]) -> Engine:
+    from selfsup.pipelines.runtime.engines.fsdp import FSDPEngine
+
+    return FSDPEngine(
+        reshard_after_forward=config.train.fsdp_reshard_after_forward,
+        sync_batchnorm=config.train.sync_batchnorm,
+        **options,
+    )
 
 
 @ENGINES.decorator("deepspeed")
@@ -72,7 +83,7 @@ def build_engine(config: RunConfig, env: DistEnv | None = None) -> Engine:
     if train.engine == "single" and env.distributed:
         raise ConfigError(
             f"train.engine=single runs one process, but the {env.launcher} launcher started "
-            f"{env.world_size}; set train.engine=ddp or train.engine=deepspeed"
+            f"{env.world_size}; set train.engine=ddp, fsdp or deepspeed"
         )
     device = device_for(env, train.device)
     options: dict[str, Any] = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from selfsup.errors import CheckpointError, ConfigError
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.dcp_io import (
     check_model_keys,
     check_shards_present,
@@ -133,6 +135,11 @@ class Engine:
         return self.model
 
     @contextlib.contextmanager
+    def gathered(self) -> Iterator[nn.Module]:
+        """The plain model, whole, for calls other than its forward (validation)."""
+        yield self.unwrap()
+
+    @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         if self.dtype is None:
             yield
@@ -173,11 +180,18 @@ class Engine:
         assert self.model is not None and self.optimizer is not None, "call setup() first"
         return self.model, self.optimizer
 
-    def save_model_and_optimizer(self, path: Path) -> None:
-        """Write model and optimizer state into folder ``path`` (collective)."""
+    def save_model_and_optimizer(
+        self, path: Path, writer: BackgroundWriter | None = None
+    ) -> Future | None:
+        """Write model and optimizer state into folder ``path`` (collective); with a
+        ``writer``, stage a copy and return the future of its background write."""
         model_sd, optim_sd = get_state_dict(*self.placed())
+        state = {"model": model_sd, "optim": optim_sd}
+        if writer is not None:
+            return writer.start(state, path)
         with quiet_dcp():
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+            dcp.save(state, checkpoint_id=path)
+        return None
 
     def load_model_and_optimizer(self, path: Path, meta: dict[str, Any]) -> None:
         """Restore what :meth:`save_model_and_optimizer` wrote (any process count)."""

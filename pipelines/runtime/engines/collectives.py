@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from selfsup.pipelines.runtime.distributed import (
     DistEnv,
@@ -56,3 +57,9 @@ class ProcessGroupCollectives:
 
     def _collective_device(self) -> torch.device | str:
         return self.device if self.backend == "nccl" else "cpu"
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) to every rank (collective)."""
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.runtime.engines.base import Engine
-from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
+from selfsup.pipelines.runtime.engines.collectives import (
+    ProcessGroupCollectives,
+    broadcast_buffers,
+)
 
 
 class DDPEngine(ProcessGroupCollectives, Engine):
@@ -38,14 +42,15 @@ class DDPEngine(ProcessGroupCollectives, Engine):
         )
         return self.maybe_compile(self.wrapped)
 
-    def save_model_and_optimizer(self, path: Path) -> None:
+    def save_model_and_optimizer(
+        self, path: Path, writer: BackgroundWriter | None = None
+    ) -> Future | None:
         # Buffers (BatchNorm statistics) drift apart between ranks within a step;
         # DDP copies rank 0's to all at the next forward. Do it now, so that the
         # checkpoint holds the buffers every rank will continue from, whichever
         # rank's copy DCP writes.
-        for buffer in self.unwrap().buffers():
-            dist.broadcast(buffer.data, src=0)
-        super().save_model_and_optimizer(path)
+        broadcast_buffers(self.unwrap())
+        return super().save_model_and_optimizer(path, writer)
 
     def sync_context(self, last: bool) -> contextlib.AbstractContextManager:
         assert self.wrapped is not None, "call setup() first"

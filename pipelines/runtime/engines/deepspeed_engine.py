@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError, DependencyError, one_line
+from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.untrusted import deepspeed_reads
 from selfsup.pipelines.runtime.engines.base import Engine, all_finite
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
@@ -178,8 +180,13 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Loss scaling state lives in DeepSpeed's own checkpoint files."""
 
-    def save_model_and_optimizer(self, path: Path) -> None:
+    def save_model_and_optimizer(
+        self, path: Path, writer: BackgroundWriter | None = None
+    ) -> Future | None:
+        # DeepSpeed writes its own format, synchronously (checkpoint.async_save is refused).
+        assert writer is None, "checkpoint.async_save is checked against the engine"
         self.ds_engine.save_checkpoint(str(path.parent), tag=path.name, save_latest=False)
+        return None
 
     def load_model_and_optimizer(self, path: Path, meta: dict[str, Any]) -> None:
         written_by = meta.get("engine", "single")

@@ -45,16 +45,19 @@ def full_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.parametrize("async_save", [False, True], ids=["synchronous", "background"])
 def test_a_full_disk_gives_one_line_and_keeps_the_previous_checkpoint(
-    small_disk, tiny_overrides, tmp_path, capsys
+    async_save, small_disk, tiny_overrides, tmp_path, capsys
 ):
+    """In the background too: the failed write is reported at the next step, which stops."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: tiny\n")
     run = small_disk / "run"
     overrides = [o for o in tiny_overrides if not o.startswith("output_dir=")]
     code = main(
         ["train", str(recipe), *overrides, f"run_dir={run}", "optim.name=sgd",
-         "checkpoint.every_steps=1", "train.max_steps=3", "train.log_every=1"]
+         "checkpoint.every_steps=1", "train.max_steps=3", "train.log_every=1",
+         f"checkpoint.async_save={str(async_save).lower()}"]
     )  # fmt: skip
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("selfsup: error:")]
