@@ -258,16 +258,21 @@ def _mixing(inputs: PhaseInputs) -> Any:
 def export_phase(inputs: PhaseInputs, trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
     """The phase's final weights, for the next phase to start from."""
     path = trainer.run_dir / CLASSIFIER_FILE
-    weights = {k[len("classifier.") :]: v for k, v in state.items() if k.startswith("classifier.")}
     save_classifier(
         path,
-        weights,
+        classifier_weights(state),
         inputs.info,
         inputs.splits.classes,
         list(inputs.ft.head_hidden),
         {"phase": trainer.run_dir.name},
     )
     return path
+
+
+def classifier_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The classifier's tensors of a fine-tune objective's whole state, by their own names."""
+    prefix = "classifier."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Validator:
@@ -316,10 +321,16 @@ class Validator:
         best = self.history.best_before(epoch)
         self.history.record(entry)
         self._log(trainer, entry)
-        if trainer.engine.is_main and (best is None or val.accuracy > best):
+        engine = trainer.engine
+        # Rank 0's verdict for all (under FSDP each rank's BatchNorm statistics are its
+        # own); then every rank takes part in gathering the weights.
+        if engine.any_rank(engine.is_main and (best is None or val.accuracy > best)):
+            state = classifier_weights(engine.full_model_state())
+            if not engine.is_main:
+                return
             save_classifier(
                 self.history.path.parent / CLASSIFIER_FILE,
-                fold_mask_keys(objective.classifier.state_dict()),  # a sparse run's real zeros
+                fold_mask_keys(state),  # a sparse run's real zeros
                 info,
                 self.inputs.splits.classes,
                 list(self.inputs.ft.head_hidden),

@@ -180,29 +180,31 @@ def test_full_finetune_report_and_the_comparison_table(pretrained_run, data_root
 
 
 @pytest.mark.slow
-def test_finetune_under_torchrun_runs_on_two_ddp_processes(
+def test_finetune_under_torchrun_runs_on_two_fsdp_processes(
     pretrained_run, data_root, tmp_path, capsys
 ):
+    """FSDP (finetune.engine): a frozen base beside trained heads in one sharded model,
+    then unfrozen; validation gathers the shards on every rank."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    args = finetune_args(pretrained_run, data_root, "--recipe", "full", "epochs=2",
-                         "baseline=false")  # fmt: skip
+    args = finetune_args(pretrained_run, data_root, "--recipe", "head_then_unfreeze", "epochs=1",
+                         "unfreeze_epochs=1", "baseline=false", "engine=fsdp")  # fmt: skip
     process = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "selfsup", *args, "--out", str(tmp_path / "ddp")],
+         "-m", "selfsup", *args, "--out", str(tmp_path / "fsdp")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-4000:]
-    assert "batch 16 x 2 process(es)" in process.stderr and "engine ddp" in process.stderr
-    folder = tmp_path / "ddp" / "finetune" / "cifar10" / "full"
+    assert "batch 16 x 2 process(es)" in process.stderr and "engine fsdp" in process.stderr
+    folder = tmp_path / "fsdp" / "finetune" / "cifar10" / "head_then_unfreeze"
     history = json.loads((folder / "pretrained" / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2]  # one entry per epoch, not one per rank
     assert json.loads((folder / "report.json").read_text())["test_images"] == 40
     # The --out folder is reported like a run directory (its fine-tune reports, no probe).
     capsys.readouterr()
-    assert main(["report", str(tmp_path / "ddp")]) == 0
+    assert main(["report", str(tmp_path / "fsdp")]) == 0
     table = capsys.readouterr().out
-    assert "cifar10: test top-1" in table and "│ ddp " in table
+    assert "cifar10: test top-1" in table and "│ fsdp " in table
 
 
 def test_randaugment_follows_the_crop_and_is_seeded_per_image(datagen):
