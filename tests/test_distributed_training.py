@@ -222,11 +222,11 @@ def test_ddp_checkpoint_reshards_from_two_processes_to_one_and_back(base, tmp_pa
 def test_a_kill_while_writing_leaves_the_previous_checkpoint_usable(base, tmp_path):
     """SIGKILL at random moments inside checkpoint writes, several times, then finish."""
     run_dir = tmp_path / "run"
-    common = [*base, f"run_dir={run_dir}", "train.max_steps=30", "checkpoint.every_steps=1"]
+    common = [*base, f"run_dir={run_dir}", "train.max_steps=20", "checkpoint.every_steps=1"]
     rng = random.Random(0)
     checkpoints = run_dir / "checkpoints"
     interrupted_writes = 0
-    for trial in range(5):
+    for trial in range(4):
         before = find_latest(checkpoints)
         process = launch(1, common)
         # Wait for a checkpoint write to begin (its temporary folder) once an earlier
@@ -250,12 +250,12 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint_usable(base, tmp_pa
 
         model = build_model(config)
         optimizer = build_optimizer(model, config.optim, config.data.batch_size)
-        scheduler = build_scheduler(optimizer, config.optim, 30, 12)
+        scheduler = build_scheduler(optimizer, config.optim, 20, 12)
         engine = Engine(torch.device("cpu"), "fp32", None)
         engine.setup(model, optimizer)
         state = CheckpointManager(checkpoints, engine, scheduler, TrainState()).load(latest)
         assert state.step == int(latest.name[5:])
-    assert interrupted_writes >= 3, "the kills should land inside checkpoint writes"
+    assert interrupted_writes >= 2, "the kills should land inside checkpoint writes"
     err = finish(launch(1, common))
     assert "resuming from checkpoint" in err
     assert (run_dir / "backbone.pt").is_file()

@@ -14,6 +14,7 @@ from helpers.runs import DEMO, REPO, assert_identical, finish, kill_when, launch
 from selfsup.cli import main
 from selfsup.pipelines.checkpoint.folders import find_latest
 from selfsup.pipelines.checkpoint.manager import CheckpointManager, TrainState
+from selfsup.pipelines.checkpoint.manifest import write_manifest
 from selfsup.pipelines.config import load_config
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.build import build_model
@@ -54,7 +55,9 @@ def assert_follows(reference: dict[int, float], curve: dict[int, float], steps: 
         assert gap < 1e-4, f"step {step}: {curve[step]} vs {reference[step]} (ddp)"
 
 
-def test_simclr_resnet18_on_fsdp_equals_ddp_through_a_kill_in_a_background_write(fp32, tmp_path):
+def test_simclr_resnet18_on_fsdp_equals_ddp_through_a_kill_in_a_background_write(
+    fp32, tmp_path, capsys
+):
     """On 2 ranks in fp32, FSDP computes what DDP computes bit for bit (a sum of two
     shards is the sum of two replicas), so the uninterrupted DDP run is the reference
     of every FSDP run here: its losses, its checkpoints, its final state."""
@@ -62,25 +65,26 @@ def test_simclr_resnet18_on_fsdp_equals_ddp_through_a_kill_in_a_background_write
     finish(launch(2, [*fp32, "train.engine=ddp", f"run_dir={ddp}"]))
 
     # SIGKILL while step 10's checkpoint is written in the background (its copy is
-    # made: the RNG files follow it), then the same command.
+    # made: the RNG files follow it): `latest` stays on step 5, written in the
+    # background too and equal to DDP's synchronous step 5.
     background = [*fp32, "train.engine=fsdp", "checkpoint.async_save=true", f"run_dir={fsdp}"]
     kill_when(launch(2, background), fsdp / "checkpoints" / ".step_000000010.tmp" / "rng_rank1.pt")
     assert find_latest(fsdp / "checkpoints").name == "step_000000005"
+    assert_identical(ddp / "checkpoints/step_000000005", fsdp / "checkpoints/step_000000005")
+    # The same files with DDP's meta.json: the rerun resumes a DDP checkpoint on fsdp.
+    shutil.copy(ddp / "checkpoints/step_000000005/meta.json", fsdp / "checkpoints/step_000000005")
+    write_manifest(fsdp / "checkpoints/step_000000005")
     err = finish(launch(2, background))
     assert "step_000000005 at step 5/20" in err and "writing it in the background" in err
+    assert "written by the ddp engine: resumed on fsdp" in err
     assert_follows(losses(ddp), losses(fsdp), range(1, STEPS + 1))
-    for step in (5, 20):  # written in the background (before the kill, after the rerun)
-        name = f"checkpoints/step_{step:09d}"
-        assert_identical(ddp / name, fsdp / name)  # against synchronous DDP writes
+    assert_identical(ddp / "checkpoints/step_000000020", fsdp / "checkpoints/step_000000020")
 
-    # The DDP run as it was at step 10 resumes on fsdp.
-    from_ddp = tmp_path / "from_ddp"
-    later = shutil.ignore_patterns("step_000000015", "step_000000020", "latest")
-    shutil.copytree(ddp, from_ddp, ignore=later)
-    finish(launch(2, [*fp32, "train.engine=fsdp", f"run_dir={from_ddp}"]))
-    assert_identical(ddp / "checkpoints/step_000000020", from_ddp / "checkpoints/step_000000020")
-
-    # The run's own export (gathered by FSDP) is `checkpoint export` of its checkpoint.
+    # The run's own export (gathered by FSDP) is `checkpoint export` of its checkpoint;
+    # inspect and verify read it as any DCP checkpoint.
+    assert main(["checkpoint", "verify", str(fsdp)]) == 0
+    assert main(["checkpoint", "inspect", str(fsdp)]) == 0
+    assert "fsdp, written by 2 process(es)" in capsys.readouterr().out
     assert main(["checkpoint", "export", str(fsdp), str(tmp_path / "export.pt")]) == 0
     exported = torch.load(tmp_path / "export.pt", weights_only=True)["state_dict"]
     gathered = torch.load(fsdp / "backbone.pt", weights_only=True)["state_dict"]

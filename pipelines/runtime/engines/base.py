@@ -18,6 +18,7 @@ its own format).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -38,6 +39,8 @@ from selfsup.pipelines.checkpoint.dcp_io import (
     stored_keys,
 )
 from selfsup.pipelines.runtime.distributed import DEFAULT_TIMEOUT_S, DistEnv
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Feature extraction for evaluation runs on CPUs too, where fp16 autocast does not.
@@ -200,6 +203,10 @@ class Engine:
                 f"{path} was written by the DeepSpeed engine; resume it with "
                 "train.engine=deepspeed (or export its weights with `selfsup checkpoint export`)"
             )
+        written_by = meta.get("engine", "single")
+        if written_by != self.name:  # single, ddp and fsdp share one format
+            log.info("checkpoint %s was written by the %s engine: resumed on %s", path,
+                     written_by, self.name)  # fmt: skip
         check_shards_present(path)
         model, optimizer = self.placed()
         model_sd, optim_sd = get_state_dict(model, optimizer)
