@@ -119,12 +119,19 @@ class Engine:
         self, model: nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False
     ) -> nn.Module:
         """Place the model; returns the module to call in the training loop."""
+        return self.maybe_compile(self.place(model, optimizer, channels_last))
+
+    def place(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False
+    ) -> nn.Module:
+        """The model on the device, held with its optimizer; not wrapped, not compiled
+        (engines that wrap it compile what they wrap)."""
         model.to(self.device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = optimizer
-        return self.maybe_compile(model)
+        return model
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         """``torch.compile`` the module the loop calls, when ``train.compile`` asks for it."""

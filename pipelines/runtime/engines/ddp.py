@@ -34,9 +34,7 @@ class DDPEngine(ProcessGroupCollectives, Engine):
     ) -> nn.Module:
         if self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        compile_requested, self.compile = self.compile, None
-        super().setup(model, optimizer, channels_last)
-        self.compile = compile_requested
+        self.place(model, optimizer, channels_last)
         self.wrapped = DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )

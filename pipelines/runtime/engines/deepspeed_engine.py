@@ -150,7 +150,7 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
         # one byte array), which a channels_last weight cannot be: the weights
         # stay contiguous. The augmented inputs are still channels_last
         # (model.channels_last), so convolutions pick their NHWC kernels.
-        super().setup(model, optimizer, channels_last=False)
+        self.place(model, optimizer, channels_last=False)
         self.ds_engine, self.optimizer, _, _ = self.deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )

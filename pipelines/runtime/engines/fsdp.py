@@ -112,9 +112,7 @@ class FSDPEngine(ProcessGroupCollectives, Engine):
     ) -> nn.Module:
         if self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        compile_requested, self.compile = self.compile, None
-        super().setup(model, optimizer, channels_last)  # placed on the device, not compiled
-        self.compile = compile_requested
+        self.place(model, optimizer, channels_last)
         names = {id(p): name for name, p in model.named_parameters()}
         policy = self._policy(model)
         for unit in shard_units(model):
