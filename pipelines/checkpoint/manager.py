@@ -114,16 +114,6 @@ class PendingWrite:
     future: Future | None = None
 
 
-def _finished_with_error(future: Future | None) -> bool:
-    """Wait for ``future``; whether it ended in an error."""
-    assert future is not None
-    try:
-        future.result()
-    except Exception:
-        return True
-    return False
-
-
 class CheckpointManager:
     """Saves, finds, loads and prunes one run's checkpoints of the objects it was built with."""
 
@@ -179,25 +169,22 @@ class CheckpointManager:
     def poll(self) -> None:
         """Commit the background write once it is complete on every rank (collective while
         one is in flight: every rank commits, or fails, at the same step)."""
+        self._settle(block=False)
+
+    def wait(self) -> None:
+        """Wait for the background write, if any, and commit it (before exit, before the next)."""
+        self._settle(block=True)
+
+    def _settle(self, block: bool) -> None:
         pending = self.pending
         if pending is None or pending.future is None:
             return
-        done = pending.future.done()
-        failed = done and pending.future.exception() is not None
+        done = block or pending.future.done()
+        failed = done and pending.future.exception() is not None  # waits for it when blocking
         if self.engine.any_rank(failed):
             self._fail(pending)
         if not self.engine.any_rank(not done):
             self._commit(pending)
-
-    def wait(self) -> None:
-        """Wait for the background write, if any, and commit it (before exit, before the next)."""
-        pending = self.pending
-        if pending is None:
-            return
-        failed = _finished_with_error(pending.future)
-        if self.engine.any_rank(failed):
-            self._fail(pending)
-        self._commit(pending)
 
     def close(self) -> None:
         """Release the background writer (its process group and staging memory)."""
