@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from benchlib import ensure_beton, sync
+from benchlib import ensure_beton, sync, tiny_jpeg_folder
 from train_step import PlainSimCLR, config_step, time_steps
 
 from selfsup.pipelines.config import RunConfig, load_config
@@ -161,22 +161,6 @@ def image_flops(config: RunConfig) -> float | None:
         model, lambda device: [torch.zeros(batch, 3, size, size, device=device)] * views
     )
     return None if flops is None else flops / batch
-
-
-def tiny_jpeg_folder(root: Path) -> Path:
-    """64 random 40 px JPEGs in 4 class folders (the --smoke data; kept for the next run)."""
-    import numpy as np
-    from PIL import Image
-
-    if (root / "train").is_dir():
-        return root
-    rng = np.random.default_rng(0)
-    for i in range(64):
-        folder = root / "train" / f"c{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=90)
-    return root
 
 
 def measure_workload(name: str, args: argparse.Namespace, out: Path) -> dict[str, float]:

@@ -6,13 +6,14 @@
 #
 # In order of what matters most (a section that overruns its time budget is
 # stopped, logged as TIMED OUT, and the script goes on: the budgets add up to
-# 460 s (520 with two GPUs), so with the kit's set-up the run stays under 8 minutes; bench/e2e.py
+# 520 s (580 with two GPUs), so with the kit's set-up the run stays under 8 minutes; bench/e2e.py
 # writes its JSON after each workload, so a cut keeps what it measured): end to end through the trainer with each loader
 # (bench/e2e.py), the training step eager and compiled (bench/train_step.py,
 # distillation included), the loaders (bench/loaders.py), checkpoints and the
 # stall of a synchronous against a background one (bench/checkpoint.py),
 # per-rank memory on fsdp vs ddp where two GPUs are visible (bench/engine_memory.py), a bf16 and an fp16 DeepSpeed step, 2:4 sparsity
-# (bench/sparsity.py). OUT receives gpu_check.log and one JSON per section.
+# (bench/sparsity.py), the online monitor's cost (bench/monitor.py). OUT receives
+# gpu_check.log and one JSON per section.
 # Where lightly, submitit, deepspeed or ffcv are missing (the GPU machine's
 # image), the device kit of ../shared/device (or a copy in .devkit/) sets
 # them up first.
@@ -55,6 +56,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   checkpoint=(--backbone resnet18 --repeat 1 --stall-backbones resnet18)
   deepspeed_precisions=()
   sparsity=(--smoke)
+  monitor=(--smoke --steps 4 --every 2)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   step=(--steps 10 --rounds 2 --warmup 3)
@@ -65,6 +67,7 @@ else
   checkpoint=(--repeat 2)
   deepspeed_precisions=(bf16 fp16)
   sparsity=()
+  monitor=(--data ../shared/data/cifar10-jpeg --steps 30 --every 10)
 fi
 date -u +"%Y-%m-%d %H:%M UTC"
 
@@ -88,6 +91,8 @@ for precision in ${deepspeed_precisions[@]+"${deepspeed_precisions[@]}"}; do
     --json "$out/deepspeed-$precision.json"
 done
 section "2:4 sparsity" 20 python bench/sparsity.py "${sparsity[@]}" --json "$out/sparsity.json"
+section "online monitor: cost against the unmonitored run" 60 python bench/monitor.py \
+  "${monitor[@]}" --json "$out/monitor.json"
 echo; echo "gpu_check: $failed section(s) failed; log and JSON in $out"
 return $failed
 }

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     probe.add_argument("--out", help="where to write the report (default: the run directory)")
     probe.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    probe.add_argument(
+        "--every-checkpoint",
+        action="store_true",
+        help="probe each kept checkpoint of the run: accuracy against step (probe_curve.md/png)",
+    )
     probe.set_defaults(func=cmd_probe)
 
     finetune = commands.add_parser(
@@ -205,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit_eval.add_argument("--device", default="auto", help="auto | cpu | cuda")
     submit_eval.add_argument(
+        "--every-checkpoint",
+        action="store_true",
+        help="--task probe: one task per kept checkpoint of each run (accuracy against step)",
+    )
+    submit_eval.add_argument(
         "--set",
         action="append",
         default=[],
@@ -228,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="compare the reports of several runs")
     report.add_argument("runs", nargs="+", help="run directories (or report.json files)")
+    report.add_argument(
+        "--curves",
+        default="curves.png",
+        help="where to plot the runs' accuracy-against-step curves, online and post-hoc "
+        "(written when a run has either; default curves.png)",
+    )
     report.set_defaults(func=cmd_report)
 
     config = commands.add_parser("config", help="inspect configs")
@@ -287,6 +303,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.no_baseline:
         overrides.append("baseline=false")
     settings = probe_config_for(Path(args.path), overrides)
+    if args.every_checkpoint:
+        return _probe_every_checkpoint(args, settings)
     run_dir = find_run_dir(Path(args.path))
     if run_dir is not None:
         read_summary(run_dir)  # a damaged summary is named before minutes of probing
@@ -295,6 +313,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     report = write_report(outcome, out_dir)
     _print_accuracy_table(report)
     print(f"report: {out_dir / 'report.md'}")
+    return 0
+
+
+def _probe_every_checkpoint(args: argparse.Namespace, settings) -> int:
+    from selfsup.eval.sweeps.curve import curve_tasks, probe_curve, write_curve_report
+    from selfsup.pipelines.checkpoint.run_dir import find_run_dir
+
+    tasks = curve_tasks([args.path], list(settings.datasets), settings, args.device)
+    rows = probe_curve(tasks)
+    for row in rows:
+        print(f"step {row['step']} on {row['dataset']}: linear {row['linear_top1']:.2f}%, "
+              f"kNN {row['knn_top1']:.2f}%")  # fmt: skip
+    out = Path(args.out) if args.out else find_run_dir(Path(args.path)) or Path(args.path)
+    print(f"report: {write_curve_report(rows, [], out)}")
     return 0
 
 
@@ -349,6 +381,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     for name, probe_report, finetunes in runs:
         if probe_report is None and not finetunes:
             print(f"{name}: {NOT_EVALUATED.replace('RUN', name)}")
+    from selfsup.eval.sweeps.curve import overlay_runs
+
+    if overlay_runs([Path(r) for r in args.runs if Path(r).is_dir()], Path(args.curves)):
+        print(f"curves: {args.curves}")
     return 0
 
 
@@ -595,8 +631,15 @@ def cmd_submit_eval(args: argparse.Namespace) -> int:
         from selfsup.eval.sweeps.probe_array import run_probe_task, sweep, write_eval_report
 
         settings = probe_config_for(Path(args.paths[0]), list(args.set))
-        tasks = sweep(paths, datasets, lrs or [0.001], settings, args.device)
-        run, write = run_probe_task, write_eval_report  # type: ignore[assignment]
+        if args.every_checkpoint:
+            from selfsup.eval.sweeps.curve import curve_tasks, write_curve_report
+
+            tasks = curve_tasks(paths, datasets, settings, args.device)
+            write = write_curve_report
+        else:
+            tasks = sweep(paths, datasets, lrs or [0.001], settings, args.device)
+            write = write_eval_report
+        run = run_probe_task  # type: ignore[assignment]
         labels = [f"{t.checkpoint} on {t.dataset}, lr {t.lr:g}" for t in tasks]
     if args.dry_run:
         print("\n".join(f"task {i}: {label}" for i, label in enumerate(labels)))

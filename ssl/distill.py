@@ -264,7 +264,7 @@ class DistillConfig(MethodConfig):
         return active
 
 
-@register_method("distill", DistillConfig)
+@register_method("distill", DistillConfig, features=True)
 class Distill(TeacherHolder):
     """Student backbone + projection head into the teacher's space, trained on the teacher."""
 
@@ -340,4 +340,5 @@ class Distill(TeacherHolder):
         # ``loss`` into an alias of its term, and with the term's detached copy also
         # returned (a metric) the compiled loss came back without a gradient.
         loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
-        return StepOutput(loss=loss, metrics={f"loss/{k}": v.detach() for k, v in terms.items()})
+        metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
+        return StepOutput(loss=loss, metrics=metrics, features=features.detach())

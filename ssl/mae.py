@@ -41,7 +41,7 @@ class MAEConfig(MethodConfig):
         check_ratio(self.mask_ratio, "mask_ratio")
 
 
-@register_method("mae", MAEConfig, reconstructs=True)
+@register_method("mae", MAEConfig, reconstructs=True, features=True)
 class MAE(nn.Module):
     """Masked autoencoder around a ViT backbone."""
 
@@ -91,8 +91,11 @@ class MAE(nn.Module):
         assert isinstance(config, MAEConfig)
         return cls(backbone, **config.options())
 
-    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Predicted masked patches, their targets (pixels, unnormalised) and the mask indices."""
+    def _predict(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predicted masked patches, their targets (pixels, unnormalised), the mask indices
+        and the encoder's features (the mean of its visible patch tokens)."""
         batch = images.shape[0]
         idx_keep, idx_mask = utils.random_token_mask(
             (batch, self.sequence_length), mask_ratio=self.mask_ratio, device=images.device
@@ -105,20 +108,22 @@ class MAE(nn.Module):
         prediction = self.decoder_pred(utils.get_at_index(decoded, idx_mask))
         patches = utils.patchify(images, self.patch_size)
         target = utils.get_at_index(patches, idx_mask - self.num_prefix_tokens)
-        return prediction, target, idx_mask - self.num_prefix_tokens
+        features = encoded[:, self.num_prefix_tokens :].mean(dim=1)
+        return prediction, target, idx_mask - self.num_prefix_tokens, features
 
     def forward(self, views: list[torch.Tensor]) -> StepOutput:
-        prediction, target, _ = self._predict(torch.cat(views))
+        prediction, target, _, features = self._predict(torch.cat(views))
         target = target.float()
         if self.norm_pix_loss:
             target = utils.normalize_mean_var(target, dim=-1)
         loss = F.mse_loss(prediction.float(), target)
-        return StepOutput(loss=loss, metrics={"loss/reconstruction": loss.detach()})
+        metrics = {"loss/reconstruction": loss.detach()}
+        return StepOutput(loss=loss, metrics=metrics, features=features.detach())
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Masked input and reconstruction, in the input's (normalised) pixel space."""
-        prediction, target, patch_index = self._predict(images)
+        prediction, target, patch_index, _ = self._predict(images)
         prediction = prediction.float()
         if self.norm_pix_loss:  # back to pixels with each masked patch's own statistics
             mean = target.float().mean(dim=-1, keepdim=True)

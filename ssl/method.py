@@ -58,6 +58,8 @@ class MethodSpec:
     uses_labels: bool = False
     # It has ``reconstruct(images) -> {"original", "masked", "output"}`` (TensorBoard panels).
     reconstructs: bool = False
+    # Its StepOutput carries the backbone's features (an online classifier learns from them).
+    features: bool = False
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -66,7 +68,12 @@ ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
 
 def register_method(
-    name: str, config: type[MethodConfig], *, uses_labels: bool = False, reconstructs: bool = False
+    name: str,
+    config: type[MethodConfig],
+    *,
+    uses_labels: bool = False,
+    reconstructs: bool = False,
+    features: bool = False,
 ) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: register a method class (with a ``from_config`` classmethod)."""
     if config.name != name:
@@ -74,7 +81,7 @@ def register_method(
 
     def decorate(cls: ModuleT) -> ModuleT:
         build = cls.from_config  # type: ignore[attr-defined]
-        METHODS.register(name, MethodSpec(name, config, build, uses_labels, reconstructs))
+        METHODS.register(name, MethodSpec(name, config, build, uses_labels, reconstructs, features))
         return cls
 
     return decorate

@@ -40,7 +40,7 @@ class SimCLRConfig(MethodConfig):
             )
 
 
-@register_method("simclr", SimCLRConfig)
+@register_method("simclr", SimCLRConfig, features=True)
 class SimCLR(nn.Module):
     """Backbone + 2-layer MLP projection head trained with NT-Xent."""
 
@@ -81,4 +81,6 @@ class SimCLR(nn.Module):
         pairs = list(combinations(range(len(views)), 2))
         loss = sum(self.criterion(projections[i], projections[j]) for i, j in pairs) / len(pairs)
         assert isinstance(loss, torch.Tensor)
-        return StepOutput(loss=loss, metrics={"loss/ntxent": loss.detach()})
+        return StepOutput(
+            loss=loss, metrics={"loss/ntxent": loss.detach()}, features=features.detach()
+        )

@@ -208,6 +208,7 @@ def tiny_overrides(data_root: Path, tmp_path: Path) -> list[str]:
         "probe.knn_k=5",
         "probe.num_workers=0",
         "probe.batch_size=64",
+        "monitor.enabled=false",  # on in the recipes; tests that watch a run turn it on
     ]
 
 

@@ -47,3 +47,6 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny_sizes(tmp_path):
     assert "| save | " in out and "| load | " in out  # bench/checkpoint.py
     assert "| resnet18 | " in out and "training stall per checkpoint" in out  # sync vs async
     assert sparsity.CPU_LINE in out
+    monitor = json.loads((tmp_path / "out" / "monitor.json").read_text())  # bench/monitor.py
+    assert monitor["t_measure"] > 0 and 0 < monitor["share"] < 1 and len(monitor["knn"]) == 2
+    assert "| share of training time, one measurement per epoch" in out

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from selfsup.eval.frozen.features import extract_features
-from selfsup.eval.frozen.knn import knn_accuracy
 from selfsup.eval.frozen.linear import train_linear_classifier
+from selfsup.eval.frozen.monitor_subsets import MonitorView, knn_on_monitor_subsets
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, find_run_dir
 from selfsup.pipelines.checkpoint.weights import BackboneInfo, load_backbone
 from selfsup.pipelines.config import (
@@ -36,6 +36,7 @@ from selfsup.pipelines.runtime.engines import PRECISIONS, resolve_device
 from selfsup.pipelines.runtime.seeding import seed_everything
 from selfsup.pipelines.train.build import build_model
 from selfsup.ssl.backbones import Backbone
+from selfsup.ssl.knn import knn_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class DatasetResult:
     trained: Scores
     random_init: Scores | None = None
     seconds: float = 0.0
+    # The trained network's kNN on the run's online-monitor subsets (where they lie inside
+    # the probe's): the number the run's last online kNN is (eval/frozen/monitor_subsets.py).
+    monitor_subsets: dict[str, Any] | None = None
 
 
 @dataclass
@@ -118,12 +122,13 @@ def _probe_dataset(
     started = time.perf_counter()
     image_size = settings.image_size or info.image_size
     dtype = PRECISIONS.get(settings.precision)
-    features, sizes = [], []
+    features, sizes, totals = [], [], []
     for split, count in (("train", settings.train_samples), ("test", settings.test_samples)):
-        batches, size = _eval_batches(name, split, count, image_size, settings, device)
+        batches, size, total = _eval_batches(name, split, count, image_size, settings, device)
         log.info("probing on %s %s: %d images at %d px", name, split, size, image_size)
         features.append(extract_features(backbones, batches, device, info.mean, info.std, dtype))
         sizes.append(size)
+        totals.append(total)
     (train_feats, train_labels), (test_feats, test_labels) = features
     num_classes = (
         dataset_info(name).num_classes or int(max(train_labels.max(), test_labels.max())) + 1
@@ -141,6 +146,9 @@ def _probe_dataset(
         random_init=scores[1] if len(scores) > 1 else None,
         seconds=round(time.perf_counter() - started, 1),
     )
+    view = MonitorView(name, image_size, train_feats[0], train_labels, test_feats[0],
+                       test_labels, totals, num_classes)  # fmt: skip
+    result.monitor_subsets = knn_on_monitor_subsets(view, info, settings)
     log.info(
         "%s: linear %.2f%%, kNN %.2f%% (random init: %s)",
         name,
@@ -160,8 +168,9 @@ def _eval_batches(
     image_size: int,
     settings: ProbeConfig,
     device: torch.device,
-) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Evaluation batches of one split (from a .beton or the dataset folder) and their count."""
+) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int, int]:
+    """Evaluation batches of one split (from a .beton or the dataset folder), their count,
+    and the split's size."""
     beton = settings.betons.get(f"{name}_{split}")
     key = f"probe.betons.{name}_{split}"
     workers = loader_workers(settings.num_workers)
@@ -175,9 +184,10 @@ def _eval_batches(
         batches = ffcv_eval_loader(
             beton, image_size, settings.batch_size, workers, device, indices=indices
         )
-        return batches, total if indices is None else len(indices)
-    dataset = take_subset(open_dataset(name, split, settings.data_path), count)
-    return eval_loader(dataset, image_size, settings.batch_size, workers), len(dataset)
+        return batches, total if indices is None else len(indices), total
+    whole = open_dataset(name, split, settings.data_path)
+    dataset = take_subset(whole, count)
+    return eval_loader(dataset, image_size, settings.batch_size, workers), len(dataset), len(whole)
 
 
 def _score(

@@ -17,6 +17,12 @@ from typing import Any
 from selfsup.atomic import write_atomic
 from selfsup.errors import one_line
 from selfsup.eval.frozen.probe import ProbeOutcome
+from selfsup.eval.reports.monitor import (
+    MONITOR_PNG,
+    monitor_markdown,
+    monitor_record,
+    plot_monitor,
+)
 from selfsup.pipelines.checkpoint.run_dir import CONFIG_FILE, TB_DIR, is_run_dir, read_summary
 from selfsup.pipelines.config import load_saved_config
 from selfsup.pipelines.train.monitor import read_scalars
@@ -76,6 +82,7 @@ def build_report(outcome: ProbeOutcome) -> dict[str, Any]:
             "total_steps": summary.get("total_steps"),
             "final_loss": summary.get("final_loss"),
             "loss_curve": read_scalars(run_dir / TB_DIR, "train/loss"),
+            "monitor": monitor_record(run_dir, summary),
         }
     return report
 
@@ -103,9 +110,13 @@ def _write_report_files(report: dict[str, Any], out_dir: Path) -> None:
     if run and run["loss_curve"]:
         title = f"{run['method']} / {run['backbone']} on {run['dataset']}"
         plot_loss(run["loss_curve"], out_dir / LOSS_PNG, title)
+    if run and run.get("monitor"):
+        title = f"online monitor of {run['name']}"
+        plot_monitor(run["monitor"], out_dir / MONITOR_PNG, title)
     write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
     has_plot = (out_dir / LOSS_PNG).is_file()
-    write_atomic(out_dir / REPORT_MD, render_markdown(report, has_plot=has_plot))
+    markdown = render_markdown(report, has_plot, (out_dir / MONITOR_PNG).is_file())
+    write_atomic(out_dir / REPORT_MD, markdown)
 
 
 def log_to_tensorboard(outcome: ProbeOutcome, tb_dir: Path) -> None:
@@ -152,7 +163,7 @@ ACCURACY_HEADER = [
 ]
 
 
-def render_markdown(report: dict[str, Any], has_plot: bool) -> str:
+def render_markdown(report: dict[str, Any], has_plot: bool, has_monitor_plot: bool = False) -> str:
     probe = report["probe"]
     backbone = probe["backbone"]
     settings = probe["settings"]
@@ -185,6 +196,8 @@ def render_markdown(report: dict[str, Any], has_plot: bool) -> str:
     ]
     if has_plot:
         lines += ["## Training loss", "", f"![training loss]({LOSS_PNG})", ""]
+    if run and run.get("monitor"):
+        lines += monitor_markdown(run["monitor"], probe, has_monitor_plot)
     lines += [f"Generated {report['created']}.", ""]
     return "\n".join(lines)
 

@@ -62,6 +62,7 @@ def run_probe_task(task: ProbeTask) -> dict[str, Any]:
         "linear_top1": result.trained.linear_top1,
         "knn_top1": result.trained.knn_top1,
         "random_init_linear_top1": result.random_init.linear_top1 if result.random_init else None,
+        "random_init_knn_top1": result.random_init.knn_top1 if result.random_init else None,
     }
 
 

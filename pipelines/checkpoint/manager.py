@@ -7,6 +7,8 @@ Layout of a run's ``checkpoints/`` folder::
         __0_0.distcp ...     tensors, one file per writing rank
         (DeepSpeed: mp_rank_*_model_states.pt, zero_pp_rank_*_optim_states.pt)
         rng_rank0.pt ...     every rank's RNG states (weights-only files)
+        hook_<name>.pt       a training hook's own replicated tensors (the online
+                             classifier), written by rank 0 (weights-only)
         manifest.json        size and SHA-256 of every file above
         meta.json            step, epoch, world size, engine, scheduler position
     step_000001000/
@@ -83,6 +85,10 @@ class HookState(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def resumed(self, step: int, state: dict[str, Any]) -> None: ...
+
+    def tensor_state(self) -> dict[str, Any] | None: ...
+
+    def load_tensor_state(self, state: dict[str, Any] | None) -> None: ...
 
 
 @dataclass
@@ -207,6 +213,8 @@ class CheckpointManager:
             own_rng = rng_file(tmp, engine.rank)
             torch.save(capture_rng(), own_rng)
             fsync_file(own_rng)
+            if engine.is_main:
+                self._write_hook_tensors(tmp)
         except (OSError, CheckpointException) as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the newest
             raise self._write_failed(exc) from None
@@ -221,6 +229,14 @@ class CheckpointManager:
                 time.perf_counter() - pending.started,
             )
         return final
+
+    def _write_hook_tensors(self, folder: Path) -> None:
+        """Each hook's own tensors (replicated: rank 0's copy), as of the step saved."""
+        for name, hook in self.hooks.items():
+            state = hook.tensor_state()
+            if state is not None:
+                torch.save(state, hook_file(folder, name))
+                fsync_file(hook_file(folder, name))
 
     def _commit(self, pending: PendingWrite) -> None:
         """Every rank's files are on disk: rank 0 writes meta and manifest, renames, moves
@@ -325,6 +341,10 @@ class CheckpointManager:
             )
         for name, hook in self.hooks.items():
             hook.resumed(self.state.step, states.get(name, {}))
+            tensors = hook_file(path, name)
+            hook.load_tensor_state(
+                load_tensor_file(tensors, f"{name} state file") if tensors.is_file() else None
+            )
 
     def _prune(self) -> None:
         found = list_checkpoints(self.directory)
@@ -342,6 +362,10 @@ class CheckpointManager:
 # The schedule's shape (warmup, length) comes from the config, so a resumed run
 # may extend it; a checkpoint restores only the position in it.
 SCHEDULER_POSITION = ("last_epoch", "_step_count", "_last_lr")
+
+
+def hook_file(folder: Path, name: str) -> Path:
+    return folder / f"hook_{name}.pt"
 
 
 def scheduler_position(scheduler: Scheduler) -> dict[str, Any]:

@@ -256,6 +256,8 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # Weight sparsity of the backbone (its registered section): off while target is 0.
     sparsity: Any = field(default_factory=lambda: section_default("sparsity"))
+    # Online kNN / linear accuracy and collapse metrics (its registered section): off by default.
+    monitor: Any = field(default_factory=lambda: section_default("monitor"))
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name

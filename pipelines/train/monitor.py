@@ -98,6 +98,7 @@ class Monitor:
         self.last_loss: float | None = None
         self.images_per_second: float | None = None
         self.steps_per_second: float | None = None
+        self.measured: dict[str, str] = {}  # the last measurement's progress-bar entries
 
     def record(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Add one forward pass's loss and metrics to the window (no device sync)."""
@@ -145,8 +146,20 @@ class Monitor:
             if mfu is not None:
                 self.add_scalar("train/mfu", mfu, step)
                 postfix["mfu"] = f"{100 * mfu:.1f}%"
+        postfix.update(self.measured)
         # refresh=False: the bar redraws on its own schedule (mininterval)
         self.bar.set_postfix(postfix, refresh=False)
+
+    def show(self, step: int, scalars: dict[str, float], postfix: dict[str, str]) -> None:
+        """A measurement made at ``step`` (the online monitor's): TensorBoard now, the
+        progress bar's postfix until the next one."""
+        for tag, value in scalars.items():
+            self.add_scalar(tag, value, step)
+        self.measured = dict(postfix)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:

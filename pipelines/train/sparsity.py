@@ -24,8 +24,13 @@ from selfsup.pipelines.config import (
     register_check,
     register_section,
 )
-from selfsup.pipelines.train.hooks import HOOKS, HookContext, HookSpec, TrainingHook
-from selfsup.ssl.backbones import Backbone
+from selfsup.pipelines.train.hooks import (
+    HOOKS,
+    HookContext,
+    HookSpec,
+    TrainingHook,
+    find_backbone,
+)
 from selfsup.ssl.sparsity import (
     SparsityConfig,
     cubic_level,
@@ -37,14 +42,6 @@ from selfsup.ssl.sparsity import (
 log = logging.getLogger(__name__)
 
 SPARSITY_META = "sparsity"  # the checkpoint meta.json / summary.json entry
-
-
-def find_backbone(model: nn.Module) -> Backbone:
-    """The (student's) backbone inside a method or a classifier; a teacher is not a child."""
-    for module in model.modules():
-        if isinstance(module, Backbone):
-            return module
-    raise ConfigError("sparsity: this model has no backbone to prune")
 
 
 def resolve_step(value: float, total_steps: int) -> int:

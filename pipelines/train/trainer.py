@@ -61,6 +61,7 @@ from selfsup.pipelines.train.build import (
 )
 from selfsup.pipelines.train.hooks import (
     HookContext,
+    HookReport,
     TrainingHook,
     attach_hooks,
     hook_records,
@@ -176,7 +177,7 @@ def build_setup(config: RunConfig, engine: Engine, parts: PartsFactory) -> Train
         )
     total = config.train.max_steps or config.train.epochs * per_epoch
     flops = _step_flops(built.model, config, accum) if built.count_flops else None
-    hooks = attach_hooks(HookContext(config, built.model, total, per_epoch))
+    hooks = attach_hooks(HookContext(config, built.model, total, per_epoch, engine))
     global_batch = config.data.batch_size * engine.world_size * accum
     return TrainingSetup(built, hooks, accum, per_epoch, total, global_batch, flops)
 
@@ -303,6 +304,7 @@ class Trainer:
         self.resumed_from_step: int | None = None
         self.preview: torch.Tensor | None = None  # the images reconstructions are drawn for
         self.monitor: Monitor | None = None
+        self.hook_stop: str | None = None  # a hook's reason to stop (the collapse alarm)
         # This epoch's loss and metrics, kept only when an epoch hook reads them.
         self.epoch_window = MeanWindow() if self.parts.on_epoch_end is not None else None
 
@@ -398,12 +400,17 @@ class Trainer:
                 if self.state.step % self.steps_per_epoch == 0:
                     self._end_epoch()
                 self.checkpoints.poll()  # a background write that completed is committed
-                stopping = self.engine.any_rank(bool(stop))
+                stopping = self.engine.any_rank(bool(stop) or self.hook_stop is not None)
                 self.checkpoints.save(self.state.step, force=stopping)
                 if stopping:
-                    stopped_by = stop.received or "a signal to another rank"
+                    stopped_by = stop.received or self.hook_stop or "a signal to another rank"
                     break
             self.checkpoints.wait()  # the last checkpoint is complete before the process ends
+            if self.hook_stop is not None:
+                raise TrainingError(
+                    f"training stopped at step {self.state.step}/{self.total_steps} with a "
+                    f"checkpoint: {self.hook_stop}"
+                )
         finally:
             steps.close()  # the epoch's batch iterator first, then the loader's workers
             self.loader.close()
@@ -417,20 +424,37 @@ class Trainer:
         assert step == self.state.step and self.monitor is not None
         lr = self.optimizer.param_groups[0]["lr"]
         views = self._augmented(step, micro_batches)
-        for output in optimizer_step(self.engine, self.model, views, self.accum):
+        outputs = optimizer_step(self.engine, self.model, views, self.accum)
+        for output in outputs:
             self.monitor.record(output.loss, output.metrics)
             if self.epoch_window is not None:
                 self.epoch_window.add({LOSS: output.loss, **output.metrics})
             self.losses_finite &= torch.isfinite(output.loss.detach()).all()
         self.scheduler.step()
         self.state.step += 1
+        labels = [batch.labels for batch in micro_batches]
         for hook in self.hooks.values():
+            hook.observe(outputs, labels)
             hook.after_optimizer_step(self.state.step)
+            self._show(hook.report(self.state.step))
         self.state.epoch = self.state.step // self.steps_per_epoch
         self.monitor.advance()
         self._maybe_log_images()
         if self._at(self.config.train.log_every):
             self._log_window(lr)
+
+    def _show(self, report: HookReport | None) -> None:
+        """A hook's measurement in TensorBoard, the progress bar and the log; its alarms."""
+        if report is None:
+            return
+        assert self.monitor is not None
+        self.monitor.show(self.state.step, report.scalars, report.postfix)
+        log.info("%s", report.line)
+        for warning in report.warnings:
+            log.warning("%s", warning)
+            self.monitor.add_text("alarms", warning, self.state.step)
+        if report.stop is not None:
+            self.hook_stop = report.stop
 
     def _at(self, every: int) -> bool:
         """True every ``every`` steps and at the last step."""

@@ -21,6 +21,7 @@ def finished_run(tmp_path_factory, data_root):
         "train.log_every=2", "checkpoint.every_steps=3", "optim.warmup_epochs=0.5",
         "checkpoint.keep_last=1", f"probe.data_path={data_root}", "probe.train_samples=20",
         "probe.test_samples=20", "probe.epochs=2", "probe.num_workers=0",
+        "monitor.enabled=false",
     ]  # fmt: skip
     train(load_config(DEMO, [*overrides, f"run_dir={root / 'run'}"]))
     (root / "overrides.json").write_text(json.dumps(overrides))

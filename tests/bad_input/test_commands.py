@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image_folder
 from helpers.bad_input import DEMO, check_row, replace
 
 from selfsup.cli import main
@@ -62,6 +63,22 @@ CASES: dict[str, tuple[Case, str]] = {
     "sparsity on fsdp": (
         _train_over("train.engine=fsdp", "sparsity.target=0.5"),
         "which FSDP's sharded DTensor parameters do not carry: use train.engine=ddp",
+    ),
+    "online linear classifier on simmim": (
+        lambda run, scratch, base: [
+            *("train", str(Path(DEMO).parent / "simmim_resnet18_cifar10.yaml")),
+            *(f"run_dir={scratch / 'simmim'}", "monitor.linear=true"),
+        ],
+        "method.name=simmim does not give (distill, mae, simclr do): set monitor.linear=false",
+    ),
+    "monitor without a test split": (
+        lambda run, scratch, base: [
+            *("train", DEMO, *base, f"run_dir={run}", "data.dataset=imagefolder"),
+            "monitor.enabled=true",
+            f"data.path={write_image_folder(scratch / 'imgs', splits=('train',))}",
+            "data.batch_size=4",
+        ],
+        "monitor.enabled needs the test split of data.dataset=imagefolder",
     ),
     "export to an existing folder": (
         lambda run, scratch, base: ["checkpoint", "export", str(run), str(scratch)],

@@ -1,7 +1,7 @@
 import torch
 
-from selfsup.eval.frozen.knn import knn_accuracy
 from selfsup.eval.frozen.linear import train_linear_classifier
+from selfsup.ssl.knn import knn_accuracy
 
 
 def clustered(n_per_class=50, classes=4, dim=16, noise=0.3, seed=0):

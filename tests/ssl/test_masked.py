@@ -20,7 +20,7 @@ def test_mae_loss_is_mse_on_masked_normalised_patches():
     torch.manual_seed(1)
     loss = model([images]).loss
     torch.manual_seed(1)
-    prediction, target, _ = model._predict(images)
+    prediction, target, _, _ = model._predict(images)
     expected = torch.nn.functional.mse_loss(prediction, utils.normalize_mean_var(target, dim=-1))
     assert torch.allclose(loss, expected, atol=1e-6)
     assert prediction.shape == (2, 48, 4 * 4 * 3)  # 75% of 64 patches

@@ -114,6 +114,10 @@ class Engine:
         """True on every process when ``flag`` is true on any."""
         return flag
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every process's ``rows`` (the same shape on each), concatenated in rank order."""
+        return rows
+
     # -- model and step ---------------------------------------------------
     def setup(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False

@@ -51,6 +51,12 @@ class ProcessGroupCollectives:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        local = rows.detach().contiguous().to(self._collective_device())
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)  # every backend has it (gloo lacks the _into_tensor form)
+        return torch.cat(parts).to(rows.device)
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,4 +1,8 @@
-"""Weighted kNN classification on frozen features (Wu et al. 2018; as lightly and solo-learn)."""
+"""Weighted kNN classification on frozen features (Wu et al. 2018; as lightly and solo-learn).
+
+One function for the post-hoc probe (``selfsup probe``) and the online monitor
+of a training run, so that the two report the same number on the same features.
+"""
 
 from __future__ import annotations
 
