@@ -106,16 +106,24 @@ def test_simclr_resnet18_on_fsdp_equals_ddp_through_a_kill_in_a_background_write
 
 
 def test_mae_vit_tiny_on_fsdp_follows_ddp(fp32, tmp_path):
-    mae = [o for o in fp32 if not o.startswith("method.")] + [
+    steps = 10
+    mae = [o for o in fp32 if not o.startswith(("method.", "train.max_steps"))] + [
         "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2",
-        "train.image_every=10",  # reconstructions: the sharded model outside its forward
+        f"train.max_steps={steps}",
+        "train.image_every=5",  # reconstructions: the sharded model outside its forward
     ]  # fmt: skip
+    # The FSDP run also monitored (online kNN and linear classifier on the sharded model):
+    # it must still end as the unmonitored DDP run, bit for bit.
+    monitor = ["monitor.enabled=true", "monitor.every_steps=5", "monitor.bank_size=40",
+               "monitor.test_size=30", "monitor.linear=true"]  # fmt: skip
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     finish(launch(2, [*mae, "train.engine=ddp", f"run_dir={ddp}"], config=MAE))
-    finish(launch(2, [*mae, "train.engine=fsdp", f"run_dir={fsdp}"], config=MAE))
-    assert_follows(losses(ddp), losses(fsdp), range(1, STEPS + 1))
-    assert_identical(ddp / "checkpoints/step_000000020", fsdp / "checkpoints/step_000000020")
+    finish(launch(2, [*mae, *monitor, "train.engine=fsdp", f"run_dir={fsdp}"], config=MAE))
+    assert_follows(losses(ddp), losses(fsdp), range(1, steps + 1))
+    final = f"checkpoints/step_{steps:09d}"
+    assert_identical(ddp / final, fsdp / final, ignore=("hook_monitor.pt",))
     assert "reconstruction/output" in read_image_tags(fsdp)
+    assert sorted(dict(read_scalars(fsdp / "tb", "monitor/knn_top1"))) == [5, 10]
 
 
 def read_image_tags(run_dir: Path) -> list[str]:

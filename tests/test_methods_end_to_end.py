@@ -98,8 +98,12 @@ def test_mae_on_real_cifar10_lowers_the_loss_and_the_reconstructions_show_it(sha
         "train.image_every=20", "checkpoint.every_steps=60", "optim.base_lr=6e-3",
         "optim.warmup_epochs=0.1", "train.precision=fp32",
         "method.decoder_dim=128", "method.decoder_depth=2", "method.decoder_heads=4",
+        # The recipe's online monitor (kNN and the linear classifier on the mean of MAE's
+        # visible-token encodings) on small subsets, twice.
+        "monitor.bank_size=256", "monitor.test_size=128", "monitor.every_steps=30",
     ]  # fmt: skip
     assert main(["train", str(CONFIGS / "mae_vit_tiny_cifar10.yaml"), *overrides]) == 0
+    assert sorted(dict(read_scalars(run / "tb", "monitor/linear_top1"))) == [30, 60]
     loss = [v for _, v in read_scalars(run / "tb", "train/loss")]
     assert loss[-1] < 0.85 * loss[0], loss  # measured: about 0.78 (1.0 is predicting the mean)
 

@@ -64,6 +64,10 @@ CASES: dict[str, tuple[Case, str]] = {
         _train_over("train.engine=fsdp", "sparsity.target=0.5"),
         "which FSDP's sharded DTensor parameters do not carry: use train.engine=ddp",
     ),
+    "resume with another projection head": (
+        _train_over("method.proj_hidden_dim=32"),
+        "holds checkpoints of another model (method.proj_hidden_dim: 64 -> 32)",
+    ),
     "online linear classifier on simmim": (
         lambda run, scratch, base: [
             *("train", str(Path(DEMO).parent / "simmim_resnet18_cifar10.yaml")),

@@ -27,7 +27,7 @@ from selfsup.slurm.submit import Submission, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.two_nodes, pytest.mark.slow]
 
-STEPS = 20
+STEPS = 16
 # fp32 and SGD: on 2 ranks FSDP then computes what DDP computes, bit for bit (see
 # tests/test_fsdp_training.py), so one DDP run is the reference of every job, FSDP's too.
 EXACT = ["train.precision=fp32", "optim.name=sgd"]
