@@ -13,6 +13,7 @@ from typing import Any
 from selfsup.atomic import write_atomic
 from selfsup.pipelines.checkpoint.run_dir import TB_DIR
 from selfsup.pipelines.train.monitor import read_scalars
+from selfsup.text import markdown_table
 
 MONITOR_PNG = "monitor.png"
 # TensorBoard tag -> the report's column (accuracies in %, then the label-free measures).
@@ -74,7 +75,7 @@ def monitor_markdown(record: dict[str, Any], probe: dict[str, Any], has_plot: bo
     lines = ["## Online monitor (while training)", ""]
     if has_plot:
         lines += [f"![online monitor]({MONITOR_PNG})", ""]
-    lines += _table(["step", *(CURVES[t] for t in columns)], rows)
+    lines += markdown_table(["step", *(CURVES[t] for t in columns)], rows)
     lines += ["", *_against_probe(curves["monitor/knn_top1"], settings, probe), ""]
     return lines
 
@@ -106,9 +107,3 @@ def _cell(tag: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if tag == "monitor/std" else f"{value:.2f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    from selfsup.text import markdown_table
-
-    return list(markdown_table(header, rows))

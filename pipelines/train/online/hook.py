@@ -125,9 +125,10 @@ class OnlineMonitor(TrainingHook):
         kept = torch.random.fork_rng(devices=devices)
         with kept, self.engine.gathered(), evaluating(self.backbone):
             found = [
-                embed(self.backbone, held, self.engine, self.normalize, self.batch_size, self.dtype)
-                for held in (self.bank, self.test, self.test.flipped())
-            ]
+                embed(self.backbone, held, self.engine, self.normalize, self.batch_size,
+                      self.dtype, mirror)
+                for held, mirror in ((self.bank, False), (self.test, False), (self.test, True))
+            ]  # fmt: skip
         return found[0], found[1], found[2]
 
     def measure(self, step: int) -> HookReport:
@@ -152,20 +153,16 @@ class OnlineMonitor(TrainingHook):
         """The report of a measurement, with the collapse alarm where it is due."""
         settings = self.settings
         rank, std_ratio = scalars["monitor/rankme"], scalars["monitor/std"] * sqrt_dim
-        knn = scalars["monitor/knn_top1"]
-        line = (
-            f"monitor at step {step}: kNN top-1 {knn:.2f}%"
-            + (
-                f", linear top-1 {scalars['monitor/linear_top1']:.2f}%"
-                if "monitor/linear_top1" in scalars
-                else ""
-            )
-            + f", RankMe {rank:.1f}, std x sqrt(dim) {std_ratio:.3f}, alignment "
-            f"{scalars['monitor/alignment']:.3f}, uniformity {scalars['monitor/uniformity']:.3f}"
-        )
+        knn, linear = scalars["monitor/knn_top1"], scalars.get("monitor/linear_top1")
+        parts = [f"kNN top-1 {knn:.2f}%"]
         postfix = {"knn": f"{knn:.1f}%"}
-        if "monitor/linear_top1" in scalars:
-            postfix["lin"] = f"{scalars['monitor/linear_top1']:.1f}%"
+        if linear is not None:
+            parts.append(f"linear top-1 {linear:.2f}%")
+            postfix["lin"] = f"{linear:.1f}%"
+        parts += [f"RankMe {rank:.1f}", f"std x sqrt(dim) {std_ratio:.3f}",
+                  f"alignment {scalars['monitor/alignment']:.3f}",
+                  f"uniformity {scalars['monitor/uniformity']:.3f}"]  # fmt: skip
+        line = f"monitor at step {step}: " + ", ".join(parts)
         below = []
         if rank < settings.collapse_rank:
             below.append(f"RankMe {rank:.2f} < monitor.collapse_rank={settings.collapse_rank}")

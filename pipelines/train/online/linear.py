@@ -48,10 +48,9 @@ class OnlineLinear:
 
     def step(self, engine: Engine) -> None:
         """Average the gradients over ranks, take one SGD step."""
-        params = [p for p in self.head.parameters() if p.grad is not None]
-        if not params:
+        grads = [p.grad for p in self.head.parameters() if p.grad is not None]
+        if not grads:
             return
-        grads = [p.grad for p in params if p.grad is not None]
         flat = engine.reduce_mean(torch.cat([g.flatten() for g in grads]))
         for grad, mean in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             grad.copy_(mean.view_as(grad))

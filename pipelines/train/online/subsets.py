@@ -38,10 +38,6 @@ class HeldImages:
     labels: torch.Tensor  # (count,) int64, the whole subset's, in subset order
     count: int
 
-    def flipped(self) -> HeldImages:
-        """The same images mirrored left to right (a positive pair for alignment)."""
-        return HeldImages(self.images.flip(-1), self.labels, self.count)
-
 
 def hold_subset(
     dataset: str, split: str, path: str | Path | None, count: int, side: int, engine: Engine
@@ -79,8 +75,11 @@ def embed(
     normalize: Normalize,
     batch_size: int,
     dtype: torch.dtype | None,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Every image's features ``(count, dim)``, float32 on this rank's device (collective)."""
+    """Every image's features ``(count, dim)``, float32 on this rank's device (collective);
+    ``mirror``: of the images flipped left to right (a positive pair for alignment), each
+    batch flipped as it is embedded, so the held images are never copied whole."""
     device = engine.device
     weights = next(backbone.parameters()).dtype  # DeepSpeed casts whole models to bf16/fp16
     amp = (
@@ -89,6 +88,8 @@ def embed(
     chunks = []
     for start in range(0, len(held.images), batch_size):
         images = normalize(held.images[start : start + batch_size].to(device))
+        if mirror:
+            images = images.flip(-1)
         with amp:
             chunks.append(backbone(images.to(weights)).float())
     return engine.gather_rows(torch.cat(chunks))[: held.count]
