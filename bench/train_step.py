@@ -7,6 +7,13 @@ so the model step alone is measured):
   2048-2048-128 projection head, NT-Xent; SGD with momentum; channels_last.
 - ``mae_vitb16``: MAE, ViT-B/16 at 224 px, 75% masked, 8-block 512-wide
   decoder, normalised-pixel loss; AdamW.
+- ``ijepa_vitb16``: I-JEPA, ViT-B/16 at 224 px: a momentum target encoder's
+  forward pass (no autograd), the context encoder on one context block, a
+  6-block 384-wide predictor for 4 target blocks, smooth L1; AdamW, and the
+  target's EMA update after each step. Its FLOPs count the target encoder and
+  the predictor. selfsup draws its masks inside the step (seeded per sample, on
+  the CPU); the plain step takes masks drawn beforehand, as the reference's data
+  loader workers do, so the ratio includes that cost.
 - ``simclr_r18``: SimCLR on the distillation student alone (ResNet-18, 512-2048-128 head).
 - ``distill_r50_r18``: a frozen ResNet-50 teacher (forward pass only, no
   autograd) and a ResNet-18 student with a 512-2048-2048 head regressing the
@@ -29,6 +36,8 @@ and MFU is against the device's dense bf16 peak (``pipelines/train/throughput.py
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import platform
 import statistics
 import tempfile
@@ -48,13 +57,16 @@ from torch import nn
 from selfsup.pipelines.config import RunConfig, load_config
 from selfsup.pipelines.runtime.engines import Engine
 from selfsup.pipelines.train.build import build_model
+from selfsup.pipelines.train.hooks import HookContext, attach_hooks
 from selfsup.pipelines.train.optim import build_optimizer
 from selfsup.pipelines.train.throughput import count_step_flops, peak_flops
 from selfsup.pipelines.train.trainer import optimizer_step
+from selfsup.ssl.ijepa_masks import MultiBlock, batch_masks
+from selfsup.ssl.method import METHODS, KeyedViews
 from selfsup.ssl.outputs import StepOutput
 from selfsup.text import markdown_header, markdown_row
 
-WORKLOADS = ("simclr_r50", "mae_vitb16", "simclr_r18", "distill_r50_r18")
+WORKLOADS = ("simclr_r50", "mae_vitb16", "ijepa_vitb16", "simclr_r18", "distill_r50_r18")
 TWO_VIEWS = ("simclr_r50", "simclr_r18", "distill_r50_r18")
 
 
@@ -68,9 +80,14 @@ class Sizes:
 
 
 def sizes(args: argparse.Namespace, workload: str) -> Sizes:
+    """Image, batch and patch sizes; the decoder's (MAE) or the predictor's (I-JEPA) width
+    and depth."""
+    ijepa = workload == "ijepa_vitb16"
     if args.smoke:
-        return Sizes(image=32, batch=4, patch=8, decoder_dim=32, decoder_depth=1)
+        return Sizes(image=32, batch=4, patch=8, decoder_dim=48 if ijepa else 32, decoder_depth=1)
     batch = args.batch_size or (512 if workload == "mae_vitb16" else 256)
+    if ijepa:
+        return Sizes(image=224, batch=batch, patch=16, decoder_dim=384, decoder_depth=6)
     return Sizes(image=224, batch=batch, patch=16, decoder_dim=512, decoder_depth=8)
 
 
@@ -91,6 +108,12 @@ def selfsup_overrides(workload: str, s: Sizes) -> list[str]:
                           "method.regression=cosine"]  # fmt: skip
         else:
             overrides.append("method.name=simclr")
+    elif workload == "ijepa_vitb16":
+        overrides = [
+            "model.backbone=vit_base", f"model.patch_size={s.patch}", "model.channels_last=false",
+            "model.pool=avg", "method.name=ijepa", f"method.pred_emb_dim={s.decoder_dim}",
+            f"method.pred_depth={s.decoder_depth}", "optim.name=adamw", "augment.num_views=1",
+        ]  # fmt: skip
     else:
         overrides = [
             "model.backbone=vit_base", f"model.patch_size={s.patch}", "model.channels_last=false",
@@ -107,20 +130,28 @@ def selfsup_step(workload: str, s: Sizes, device: torch.device, compile_: bool) 
 
 
 def config_step(config: RunConfig, device: torch.device, compile_mode: str | None) -> Callable:
-    """One ``optimizer_step`` of the model ``config`` builds, on synthetic views on ``device``."""
+    """One ``optimizer_step`` of the model ``config`` builds, on synthetic views on ``device``,
+    then the training hooks' ``after_optimizer_step`` (I-JEPA: its target's EMA update)."""
     model = build_model(config).to(device)
     batch, image = config.data.batch_size, config.data.image_size
     optimizer = build_optimizer(model, config.optim, batch)
     engine = Engine(device, config.train.precision, None, compile=compile_mode)
+    hooks = attach_hooks(HookContext(config, model, 1_000_000, 1000, engine)).values()
     model = engine.setup(model, optimizer, channels_last=config.model.channels_last)
     fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
     views = [
         torch.randn(batch, 3, image, image, device=device).contiguous(memory_format=fmt)
         for _ in range(config.augment.num_views)
     ]
+    keyed = METHODS.get(config.method.name).keyed
+    steps = itertools.count(1)
 
     def step() -> None:
-        optimizer_step(engine, model, [views], accum=1)
+        number = next(steps)
+        inputs = KeyedViews(views, 0, number, torch.arange(batch)) if keyed else views
+        optimizer_step(engine, model, [inputs], accum=1)
+        for hook in hooks:
+            hook.after_optimizer_step(number)
 
     return step
 
@@ -201,6 +232,8 @@ def plain_model(workload: str, s: Sizes) -> nn.Module:
         return PlainSimCLR("resnet18")
     if workload == "distill_r50_r18":
         return PlainDistill()
+    if workload == "ijepa_vitb16":
+        return PlainIJEPA(s)
     return PlainMAE(s)
 
 
@@ -249,6 +282,60 @@ class PlainMAE(nn.Module):
         return (per_patch * masked).sum() / masked.sum()
 
 
+class PlainIJEPA(nn.Module):
+    """I-JEPA written with timm: EMA target, context encoder, predictor of timm Blocks."""
+
+    def __init__(self, s: Sizes, heads: int = 12, targets: int = 4) -> None:
+        super().__init__()
+        self.encoder = timm.create_model(
+            "vit_base_patch16_224", patch_size=s.patch, img_size=s.image, num_classes=0,
+            global_pool="avg",
+        )  # fmt: skip
+        self.target = copy.deepcopy(self.encoder).requires_grad_(False)
+        n, width = (s.image // s.patch) ** 2, s.decoder_dim
+        self.embed = nn.Linear(768, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pred_pos = nn.Parameter(torch.zeros(1, n, width), requires_grad=False)
+        self.blocks = nn.Sequential(*[Block(width, heads, qkv_bias=True)
+                                      for _ in range(s.decoder_depth)])  # fmt: skip
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, 768)
+        # Masks drawn beforehand (the reference's loader workers draw them): same rules.
+        side = s.image // s.patch
+        context, target_blocks = batch_masks(
+            MultiBlock(side, side), 0, 0, torch.arange(s.batch, device="cpu")
+        )
+        self.register_buffer("context", context)
+        self.register_buffer("targets", torch.stack(target_blocks))  # (targets, B, K_t)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        images, vit = views[0], self.encoder
+        with torch.no_grad():
+            wanted = self.target.fc_norm(self.target.forward_features(images)[:, 1:])
+            wanted = F.layer_norm(wanted.float(), wanted.shape[-1:])
+            wanted = torch.cat([_gather(wanted, t) for t in self.targets])
+        tokens = _gather(vit.patch_embed(images) + vit.pos_embed[:, 1:], self.context)
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(len(images), -1, -1)
+        encoded = vit.fc_norm(vit.blocks(torch.cat([cls, tokens], dim=1)))[:, 1:]
+        x = self.embed(encoded) + _gather(self.pred_pos.expand(len(images), -1, -1), self.context)
+        x = x.repeat(len(self.targets), 1, 1)
+        pos = torch.cat([_gather(self.pred_pos.expand(len(images), -1, -1), t)
+                         for t in self.targets])  # fmt: skip
+        x = self.blocks(torch.cat([x, self.mask_token + pos], dim=1))
+        predicted = self.proj(self.norm(x)[:, encoded.shape[1] :])
+        return F.smooth_l1_loss(predicted.float(), wanted)
+
+    @torch.no_grad()
+    def after_step(self, momentum: float = 0.998) -> None:
+        target = list(self.target.parameters())
+        torch._foreach_mul_(target, momentum)
+        torch._foreach_add_(target, list(self.encoder.parameters()), alpha=1 - momentum)
+
+
+def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.gather(tokens, 1, index[:, :, None].expand(-1, -1, tokens.shape[2]))
+
+
 def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) -> Callable:
     torch.manual_seed(0)
     if workload in TWO_VIEWS:
@@ -256,11 +343,13 @@ def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) ->
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
         channels_last = True
     else:
-        model = PlainMAE(s).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95))
+        model = plain_model(workload, s).to(device)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=1.5e-4, betas=(0.9, 0.95))
         channels_last = False
     forward = torch.compile(model) if compile_ else model
     views = make_views(workload, s, device, channels_last)
+    after_step = getattr(model, "after_step", lambda: None)  # I-JEPA's EMA update
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -268,6 +357,7 @@ def plain_step(workload: str, s: Sizes, device: torch.device, compile_: bool) ->
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        after_step()
 
     return step
 

@@ -7,5 +7,5 @@ so that a config is checked against all of them wherever it is loaded.
 
 from selfsup.pipelines.data import ffcv_loader, sources, train_loader  # noqa: F401
 from selfsup.pipelines.runtime import engines  # noqa: F401
-from selfsup.pipelines.train import build, optim, sparsity  # noqa: F401
+from selfsup.pipelines.train import build, momentum, optim, sparsity  # noqa: F401
 from selfsup.pipelines.train.online import hook  # noqa: F401

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["pt", "safetensors"],
         help="file format (default: safetensors for a .safetensors OUT, else pt)",
     )
+    export.add_argument(
+        "--which",
+        choices=["student", "target"],
+        help="the encoder trained by gradients, or a momentum method's target encoder "
+        "(default: the one the method is evaluated on: I-JEPA's target, otherwise the student)",
+    )
     export.set_defaults(func=cmd_checkpoint_export)
     checkpoint.set_defaults(func=lambda args: _print_help(checkpoint))
 
@@ -538,9 +544,12 @@ def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
 def cmd_checkpoint_export(args: argparse.Namespace) -> int:
     from selfsup.pipelines.checkpoint.tools import export_backbone
 
-    info = export_backbone(args.path, args.out, force=args.force, file_format=args.format)
+    info = export_backbone(
+        args.path, args.out, force=args.force, file_format=args.format, which=args.which
+    )
+    which = f" ({args.which} encoder)" if args.which else ""
     print(
-        f"wrote {args.out}: {info.name} backbone ({info.source}) from {info.origin}, "
+        f"wrote {args.out}: {info.name} backbone{which} ({info.source}) from {info.origin}, "
         f"step {info.step}"
     )
     return 0

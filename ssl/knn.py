@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightly.utils.benchmarking import knn_predict
 
 
 @torch.no_grad()
@@ -23,6 +22,10 @@ def knn_accuracy(
     chunk: int = 1024,
 ) -> float:
     """Top-1 accuracy (%) of cosine-similarity kNN with ``exp(sim / t)`` vote weights."""
+    # Imported here: lightly.utils.benchmarking imports pytorch_lightning, 1.6 s of every
+    # process start (each rank, each relaunch) that never computes a kNN.
+    from lightly.utils.benchmarking import knn_predict
+
     bank = F.normalize(train_features.float(), dim=1).t().contiguous()
     k = min(k, bank.shape[1])
     correct = 0

@@ -41,7 +41,7 @@ class MAEConfig(MethodConfig):
         check_ratio(self.mask_ratio, "mask_ratio")
 
 
-@register_method("mae", MAEConfig, reconstructs=True, features=True)
+@register_method("mae", MAEConfig, reconstructs=True, features=True, zero3=False)
 class MAE(nn.Module):
     """Masked autoencoder around a ViT backbone."""
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import torch
 from torch import nn
 
 from selfsup.arguments import ArgumentError
@@ -60,6 +61,31 @@ class MethodSpec:
     reconstructs: bool = False
     # Its StepOutput carries the backbone's features (an online classifier learns from them).
     features: bool = False
+    # It owns momentum target encoders (selfsup.ssl.momentum), moved after each step.
+    momentum: bool = False
+    # Its forward takes KeyedViews (per-sample draws that replay on any batch layout).
+    keyed: bool = False
+    # The state-dict prefix of the backbone that evaluation reads (I-JEPA: its target).
+    evaluates: str = "backbone."
+    # It calls only whole modules' forwards, as DeepSpeed ZeRO-3 needs to gather their
+    # parameters (False: lightly's masked ViT wrappers read a ViT's tokens directly).
+    zero3: bool = True
+
+
+class KeyedViews(NamedTuple):
+    """A micro-batch with what names each sample whatever the batch layout: the run's
+    seed, the optimizer step and each sample's position in that step's global batch.
+
+    Every loader hands rank ``r`` of ``W`` the samples ``r, r + W, r + 2W, ...``
+    of a step's global batch, micro-batch after micro-batch, so position
+    ``r + W * (k * b + j)`` (micro-batch ``k`` of size ``b``, row ``j``) is the
+    same sample on any number of ranks, batch split or resume.
+    """
+
+    views: list[torch.Tensor]
+    seed: int
+    step: int
+    positions: torch.Tensor  # int64 (B,), on the CPU
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -74,6 +100,10 @@ def register_method(
     uses_labels: bool = False,
     reconstructs: bool = False,
     features: bool = False,
+    momentum: bool = False,
+    keyed: bool = False,
+    evaluates: str = "backbone.",
+    zero3: bool = True,
 ) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: register a method class (with a ``from_config`` classmethod)."""
     if config.name != name:
@@ -81,7 +111,11 @@ def register_method(
 
     def decorate(cls: ModuleT) -> ModuleT:
         build = cls.from_config  # type: ignore[attr-defined]
-        METHODS.register(name, MethodSpec(name, config, build, uses_labels, reconstructs, features))
+        spec = MethodSpec(
+            name, config, build, uses_labels, reconstructs, features, momentum, keyed,
+            evaluates, zero3,
+        )  # fmt: skip
+        METHODS.register(name, spec)
         return cls
 
     return decorate

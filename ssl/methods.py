@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 # The method modules register themselves on import.
-from selfsup.ssl import classifier, distill, mae, simclr, simmim  # noqa: F401
+from selfsup.ssl import classifier, distill, ijepa, mae, simclr, simmim  # noqa: F401
 from selfsup.ssl.backbones import Backbone
 from selfsup.ssl.method import METHODS, BuildContext, MethodConfig, MethodSpec
 

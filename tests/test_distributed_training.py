@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from helpers.deepspeed_payloads import assert_every_reader_refuses_code
 from helpers.payloads import poison_zip_pickle
 from helpers.runs import (
     DEMO,
+    REPO,
+    all_tensors,
     assert_identical,
     finish,
     kill_all,
@@ -75,6 +78,8 @@ def assert_sigkill_resume_is_bitwise(
     rival: bool = False,
     uninterrupted: Callable[[], None] | None = None,
     killed_only: tuple[str, ...] = (),
+    config: str = DEMO,
+    ignore: tuple[str, ...] = (),
 ) -> None:
     """An uninterrupted run (in ``tmp_path / "a"``) and one SIGKILLed after step 4 and
     relaunched end identical.
@@ -85,21 +90,22 @@ def assert_sigkill_resume_is_bitwise(
     into ``tmp_path / "a"``; by default one is launched here first.
     ``killed_only``: overrides of the killed run alone (the online monitor: the run it
     watches must end as the unwatched one), whose own files are not compared.
+    ``ignore``: more files of either run left out of the comparison.
     """
     if uninterrupted is None:
-        finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"], torchrun))
+        finish(launch(nproc, [*common, f"run_dir={tmp_path / 'a'}"], torchrun, config))
 
     run_b = tmp_path / "b"
     killed = [*common, *killed_only, f"run_dir={run_b}"]
-    process = launch(nproc, killed, torchrun)
+    process = launch(nproc, killed, torchrun, config)
     if rival:
-        rival_start = launch(1, killed, torchrun=False)
+        rival_start = launch(1, killed, torchrun=False, config=config)
         process = only_one_of_two_starts_trains(process, rival_start)
     kill_when(process, run_b / "checkpoints" / "step_000000004")
     assert process.returncode == -signal.SIGKILL and not (run_b / "backbone.pt").exists()
     killed_at = int(read_meta(find_latest(run_b / "checkpoints"))["step"])
     assert 4 <= killed_at < 8
-    err = finish(launch(nproc, killed, torchrun))
+    err = finish(launch(nproc, killed, torchrun, config))
     if rival:  # the killed holder's lock: taken over, since its process is gone
         assert f"took over the stale lock of pid {process.pid} on {socket.gethostname()}" in err
         assert f"process {process.pid} is gone" in err
@@ -111,9 +117,8 @@ def assert_sigkill_resume_is_bitwise(
     if uninterrupted is not None:
         uninterrupted()
     final = "checkpoints/step_000000008"
-    assert_identical(
-        tmp_path / "a" / final, run_b / final, ignore=("hook_monitor.pt",) if killed_only else ()
-    )
+    skipped = (*ignore, *(("hook_monitor.pt",) if killed_only else ()))
+    assert_identical(tmp_path / "a" / final, run_b / final, ignore=skipped)
     curve_a = dict(read_scalars(tmp_path / "a" / "tb", "train/loss"))
     curve_b = dict(read_scalars(run_b / "tb", "train/loss"))
     assert sorted(curve_b) == list(range(1, 9))
@@ -212,6 +217,64 @@ def test_sparse_distilled_student_resumes_bitwise_after_sigkill_in_one_process(b
     online = dict(read_scalars(tmp_path / "b" / "tb", "monitor/linear_top1"))
     assert online == dict(read_scalars(tmp_path / "a" / "tb", "monitor/linear_top1"))
     assert sorted(online) == [2, 4, 6, 8]
+
+
+IJEPA = str(REPO / "configs" / "ijepa_vit_tiny_cifar10.yaml")
+IJEPA_SMALL = ["method.pred_depth=1", "method.pred_emb_dim=48", "train.precision=fp32"]
+
+
+@pytest.mark.parametrize("engine", ["single", "ddp", "deepspeed-zero2"])
+def test_ijepa_target_encoder_resumes_bitwise_after_sigkill(engine, base, tmp_path):
+    """The momentum target encoder is training state: in every checkpoint, restored on
+    resume, so a SIGKILLed and relaunched I-JEPA run ends as the uninterrupted one."""
+    common = [*(o for o in base if not o.startswith("method.")), *IJEPA_SMALL,
+              *ENGINES.get(engine, []), "train.max_steps=8",
+              f"checkpoint.every_steps={1 if engine == 'single' else 2}"]  # fmt: skip
+    # DeepSpeed in one plain process (ZeRO-2 replicates parameters: the target is updated
+    # as on DDP; ZeRO-3 is refused for I-JEPA, tests/bad_input).
+    nproc, torchrun = (2, True) if engine == "ddp" else (1, False)
+    reference = [*common, f"run_dir={tmp_path / 'a'}"]
+    if engine == "ddp":  # the uninterrupted run on FSDP, which updates the target on its
+        # shards, monitored (the sharded target's online kNN) and drawing its masks: the
+        # killed and relaunched DDP run must equal it bit for bit.
+        reference += [*monitor(40, 30), "monitor.every_steps=4", "train.image_every=4",
+                      "train.engine=fsdp"]  # fmt: skip
+    # One process: beside the killed run, on a port of its own (DeepSpeed opens a process
+    # group); two torchrun launches at once would meet on one port: first, then.
+    started = launch(nproc, reference, torchrun, IJEPA, {"MASTER_PORT": "29611"})
+    if torchrun:
+        finish(started)
+    uninterrupted = (lambda: None) if torchrun else partial(finish, started)
+    assert_sigkill_resume_is_bitwise(
+        nproc, common, tmp_path, torchrun, uninterrupted=uninterrupted, config=IJEPA,
+        ignore=("hook_monitor.pt",),
+    )  # fmt: skip
+    if engine == "single":
+        assert_target_follows_the_schedule(tmp_path / "a" / "checkpoints")
+    if engine == "ddp":
+        assert sorted(dict(read_scalars(tmp_path / "a" / "tb", "monitor/knn_top1"))) == [4, 8]
+
+
+def assert_target_follows_the_schedule(checkpoints: Path) -> None:
+    """Step 7's target by hand from step 6's target and step 7's student (m = 0.9995,
+    linear from 0.996 to 1.0 over 8 steps); never in the optimizer; exported on request."""
+    from selfsup.ssl.momentum import momentum_at
+
+    before, after = (all_tensors(checkpoints / f"step_{s:09d}") for s in (6, 7))
+    m = momentum_at(7, 8)
+    assert m == pytest.approx(0.9995)
+    targets = [k for k in after if k.startswith("dcp/model/target.encoder.")]
+    assert len(targets) > 100
+    moved = 0
+    for key in targets:
+        student = after[key.replace("target.encoder.", "backbone.")]
+        expected = before[key].clone().mul_(m).add_(student, alpha=1 - m)
+        assert torch.equal(after[key], expected), key
+        moved += not torch.equal(after[key], before[key])
+    assert moved > 0.9 * len(targets)  # buffers aside, every weight moved
+    optimized = [k for k in after if k.startswith("dcp/optim/state/")]
+    assert any("backbone." in k for k in optimized)
+    assert not any("target." in k for k in optimized)
 
 
 # Masks pruned at steps 1, 3, 5 and 7: before and after the kill at step 4.

@@ -26,6 +26,7 @@ SMALL = {
         "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2",
     ],
     "simmim_resnet18_cifar10": [],
+    "ijepa_vit_tiny_cifar10": ["method.pred_depth=1", "method.pred_emb_dim=48"],
 }  # fmt: skip
 
 
@@ -65,6 +66,8 @@ def test_recipe_trains_checkpoints_probes_and_reports(recipe, tiny_overrides, da
     assert bool(images(run, "reconstruction/output")) == masked
     if masked:
         assert sorted(images(run, "reconstruction/output")) == [3, 6]
+    if recipe.startswith("ijepa"):
+        assert_ijepa_masks_and_exports(run)
 
     assert main(["probe", str(run), "--data", str(data_root), "--datasets", "cifar10"]) == 0
     (result,) = json.loads((run / "report.json").read_text())["probe"]["results"]
@@ -73,6 +76,25 @@ def test_recipe_trains_checkpoints_probes_and_reports(recipe, tiny_overrides, da
         assert 0.0 <= scores["linear_top1"] <= 100.0 and 0.0 <= scores["knn_top1"] <= 100.0
     assert "| cifar10 |" in (run / "report.md").read_text()
     assert "cifar10" in capsys.readouterr().out
+
+
+def assert_ijepa_masks_and_exports(run: Path) -> None:
+    """TensorBoard shows each image's context and target blocks; the run's backbone.pt, which
+    the probe reads, is the target encoder; ``--which student`` exports the other one."""
+    context, targets = images(run, "masks/context"), images(run, "masks/targets")
+    assert sorted(context) == sorted(targets) == [3, 6]
+    assert not np.array_equal(context[6], targets[6])
+    final = torch.load(run / "backbone.pt", weights_only=True)["state_dict"]
+    for which, same in ((None, True), ("student", False)):
+        out = run.parent / f"{which}.pt"
+        assert (
+            main(
+                ["checkpoint", "export", str(run), str(out), *(["--which", which] if which else [])]
+            )
+            == 0
+        )
+        exported = torch.load(out, weights_only=True)["state_dict"]
+        assert all(torch.equal(final[k], exported[k]) for k in final) == same, which
 
 
 @pytest.mark.slow

@@ -248,18 +248,23 @@ def check_export_target(out: Path, force: bool) -> None:
 
 
 def export_backbone(
-    path: str | Path, out: str | Path, force: bool = False, file_format: str | None = None
+    path: str | Path,
+    out: str | Path,
+    force: bool = False,
+    file_format: str | None = None,
+    which: str | None = None,
 ) -> BackboneInfo:
     """Write the backbone of any checkpoint (or run) as a ``.pt`` or safetensors file.
 
-    ``file_format`` None: from ``out``'s suffix (``.safetensors``, else ``pt``).
+    ``file_format`` None: from ``out``'s suffix (``.safetensors``, else ``pt``);
+    ``which``: student, target or None (the evaluated one: ``evaluated_prefix``).
     """
     out = Path(out)
     check_export_target(out, force)
     source = Path(path)
     if source.is_dir() and not (source / folders.META_FILE).is_file():
         source = resolve_checkpoint(source)  # a run directory: its newest checkpoint
-    backbone, info = load_backbone(source)
+    backbone, info = load_backbone(source, which)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

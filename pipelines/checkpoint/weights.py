@@ -201,8 +201,32 @@ def _is_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
-def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
-    """Load trained backbone weights from a run directory, checkpoint folder or file."""
+WHICH_BACKBONES = ("student", "target")
+
+
+def evaluated_prefix(config: RunConfig, which: str | None = None) -> str:
+    """The state-dict prefix of the backbone to read from a run's checkpoints: ``which`` is
+    ``student`` (the trained encoder), ``target`` (a momentum method's target encoder) or
+    None (the one its method is evaluated on: I-JEPA's target, everyone else's student)."""
+    # Late: the method catalogue imports lightly, which reading a weights file never needs.
+    from selfsup.ssl.methods import method_spec
+
+    spec = method_spec(config.method.name)
+    if which is None:
+        return spec.evaluates
+    if which not in WHICH_BACKBONES:
+        raise UnknownName("backbone to read", which, WHICH_BACKBONES)
+    if which == "target" and not spec.momentum:
+        raise CheckpointError(
+            f"method {spec.name} has no momentum target encoder; --which target is for "
+            "methods with one (ijepa): leave --which out to read the backbone"
+        )
+    return "target.encoder." if which == "target" else "backbone."
+
+
+def load_backbone(path: str | Path, which: str | None = None) -> tuple[Backbone, BackboneInfo]:
+    """Load trained backbone weights from a run directory, checkpoint folder or file
+    (``which``: see :func:`evaluated_prefix`; checkpoints only, a file holds one backbone)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
@@ -212,13 +236,13 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneInfo]:
     if path.is_file():
         return load_backbone_file(path)
     if (path / folders.META_FILE).is_file():
-        return _load_from_checkpoint(path, run_dir=path.parent.parent)
+        return _load_from_checkpoint(path, path.parent.parent, which)
     if is_run_dir(path):
-        if (path / BACKBONE_FILE).is_file():
+        if (path / BACKBONE_FILE).is_file() and which is None:
             return load_backbone_file(path / BACKBONE_FILE, run_dir=path)
         latest = folders.find_latest(path / CHECKPOINT_DIR)
         if latest is not None:
-            return _load_from_checkpoint(latest, run_dir=path)
+            return _load_from_checkpoint(latest, path, which)
         raise CheckpointError(f"run directory {path} holds no checkpoint yet; train it first")
     raise CheckpointError(
         f"{path} is not a selfsup run directory or checkpoint (no {CONFIG_FILE}, no "
@@ -326,33 +350,37 @@ def _typed(value: Any, kind: type) -> Any:
     return value
 
 
-def _load_from_checkpoint(path: Path, run_dir: Path) -> tuple[Backbone, BackboneInfo]:
-    """Read only the backbone's tensors out of a training checkpoint (any engine)."""
+def _load_from_checkpoint(
+    path: Path, run_dir: Path, which: str | None = None
+) -> tuple[Backbone, BackboneInfo]:
+    """Read only one backbone's tensors out of a training checkpoint (any engine)."""
     meta = folders.read_meta(path)
     require_intact(path)
     config = load_saved_config(run_dir / CONFIG_FILE)
+    prefix = evaluated_prefix(config, which)
     info = info_from_config(config, str(path), run_dir, int(meta["step"]))
     backbone = info.build()
     if meta.get("engine") == "deepspeed":
-        return _load_from_deepspeed(path, backbone), info
+        return _load_from_deepspeed(path, backbone, prefix), info
     # A sparse run's checkpoint holds each covered weight as original and mask: read
     # them into the same layout, then fold the masks in (plain weights, real zeros).
     dcp_io.check_mask_entries(path)
     layout = attach_masks(info.build(), config.sparsity) if config.sparsity.enabled else backbone
-    wanted = {f"backbone.{k}": v for k, v in layout.state_dict().items()}
-    dcp_io.check_model_keys(path, wanted, _backbone_keys(dcp_io.stored_keys(path)))
+    wanted = {f"{prefix}{k}": v for k, v in layout.state_dict().items()}
+    stored_keys = dcp_io.stored_keys(path)
+    dcp_io.check_model_keys(path, wanted, _prefixed(stored_keys, f"model.{prefix}"))
     state = {"model": wanted}
     dcp_io.load_into(state, path)
-    stored = fold_mask_keys({k[len("backbone.") :]: v for k, v in state["model"].items()})
+    stored = fold_mask_keys({k[len(prefix) :]: v for k, v in state["model"].items()})
     backbone.load_state_dict(stored)
     return backbone, info
 
 
-def _backbone_keys(stored: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stored.items() if k.startswith("model.backbone.")}
+def _prefixed(stored: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k: v for k, v in stored.items() if k.startswith(prefix)}
 
 
-def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
+def _load_from_deepspeed(path: Path, backbone: Backbone, prefix: str = "backbone.") -> Backbone:
     """Consolidate a DeepSpeed checkpoint's fp32 weights (DeepSpeed's zero_to_fp32).
 
     DeepSpeed's own reader asks for ``weights_only=False``; inside
@@ -382,9 +410,9 @@ def _load_from_deepspeed(path: Path, backbone: Backbone) -> Backbone:
             f"{path} stores sparsity masks as {', '.join(sorted(kinds))}, not bool: the "
             "checkpoint was altered; delete it to resume from the one before"
         )
-    wanted = fold_mask_keys({k: v for k, v in full.items() if k.startswith("backbone.")})
+    wanted = fold_mask_keys({k: v for k, v in full.items() if k.startswith(prefix)})
     result = backbone.load_state_dict(
-        {k[len("backbone.") :]: v for k, v in wanted.items()}, strict=False
+        {k[len(prefix) :]: v for k, v in wanted.items()}, strict=False
     )
     if result.missing_keys:
         raise CheckpointError(

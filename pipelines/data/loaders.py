@@ -54,6 +54,19 @@ class TrainLoader(Protocol):
         """Stop background workers now (the run is over)."""
 
 
+def global_positions(rank: int, world_size: int, micro_batch: int, size: int) -> torch.Tensor:
+    """Where the rows of a rank's micro-batch sit in its optimizer step's global batch.
+
+    Every loader hands rank ``r`` of ``W`` the samples ``r, r + W, r + 2W, ...``
+    of the epoch's shuffled order (``DistributedSampler``'s split), ``size``
+    per micro-batch: row ``j`` of micro-batch ``k`` is position
+    ``r + W * (k * size + j)`` of the step, the same sample whatever the
+    number of ranks or the split into micro-batches (for the same global batch).
+    """
+    rows = micro_batch * size + torch.arange(size)
+    return rank + world_size * rows
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch, sample)."""
     return derive_seed(seed, epoch, index)

@@ -114,6 +114,17 @@ def check_method_options(config: RunConfig) -> None:
         config.method.check(context)
 
 
+def check_method_engine(config: RunConfig) -> None:
+    """A method that reads parameters outside their modules' forwards cannot run on ZeRO-3."""
+    spec = METHODS.get(config.method.name)
+    if not spec.zero3 and config.train.engine == "deepspeed" and config.train.zero_stage == 3:
+        raise ConfigError(
+            f"method={spec.name} reads its ViT's class token and position embedding outside "
+            "the modules' forward passes, which DeepSpeed ZeRO-3 cannot gather: use "
+            "train.zero_stage=2 (or 0/1), or train.engine=fsdp to shard the model"
+        )
+
+
 def check_finetune_head(config: RunConfig) -> None:
     """The fine-tune classifier's head, smoothing and logit distillation, as ssl checks them."""
     ft = config.finetune
@@ -131,3 +142,4 @@ register_choices("model.source", lambda: SOURCES)
 register_choices("model.pool", lambda: VIT_POOLS)
 register_check("finetune head", check_finetune_head)
 register_check("method options", check_method_options)
+register_check("method engine", check_method_engine)

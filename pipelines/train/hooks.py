@@ -158,8 +158,13 @@ def hook_records(hooks: Mapping[str, TrainingHook]) -> dict[str, Any]:
     return {name: record for name, record in records.items() if record is not None}
 
 
-def find_backbone(model: nn.Module) -> Backbone:
-    """The (student's) backbone inside a method or a classifier; a teacher is not a child."""
+def find_backbone(model: nn.Module, prefix: str = "backbone.") -> Backbone:
+    """The (student's) backbone inside a method or a classifier (a teacher is not a child),
+    or the one at ``prefix`` (``MethodSpec.evaluates``: I-JEPA's target encoder)."""
+    if prefix != "backbone.":
+        found = model.get_submodule(prefix.rstrip("."))
+        if isinstance(found, Backbone):
+            return found
     for module in model.modules():
         if isinstance(module, Backbone):
             return module

@@ -31,6 +31,7 @@ from selfsup.pipelines.train.hooks import (
     TrainingHook,
     find_backbone,
 )
+from selfsup.ssl.method import METHODS
 from selfsup.ssl.sparsity import (
     SparsityConfig,
     cubic_level,
@@ -154,6 +155,12 @@ def check_sparsity(config: RunConfig) -> None:
         raise ConfigError(
             "sparsity masks are computed from whole weights, which ZeRO-3 partitions: use "
             "train.zero_stage=2 (or 0/1) with sparsity"
+        )
+    if config.sparsity.enabled and METHODS.get(config.method.name).momentum:
+        raise ConfigError(
+            f"sparsity masks the trained encoder's weights, which method.name="
+            f"{config.method.name}'s momentum target encoder copies unmasked: sparsity is not "
+            "available for momentum methods; prune the exported encoder (selfsup prune)"
         )
     if config.sparsity.enabled and config.train.engine == "fsdp":
         raise ConfigError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,13 +72,11 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def count_step_flops(
-    model: nn.Module, inputs: Callable[[torch.device], list[torch.Tensor]]
-) -> float | None:
+def count_step_flops(model: nn.Module, inputs: Callable[[torch.device], Any]) -> float | None:
     """FLOPs of one forward and backward pass of ``model`` on ``inputs``, counted on meta tensors.
 
     ``model`` is not run nor changed: a meta copy of it is (:func:`meta_copy`).
-    ``inputs(device)`` makes one micro-batch of views. None when counting fails.
+    ``inputs(device)`` makes one micro-batch (the model's argument). None when counting fails.
     """
     # Losses select entries with nonzero(), whose output size meta tensors cannot
     # know; assuming "all nonzero" only changes shapes inside the (cheap) loss.

@@ -49,7 +49,7 @@ from selfsup.pipelines.checkpoint.run_dir import (
 from selfsup.pipelines.checkpoint.run_lock import RunLock
 from selfsup.pipelines.checkpoint.weights import info_from_config, save_backbone
 from selfsup.pipelines.config import RunConfig
-from selfsup.pipelines.data.loaders import TrainLoader, ViewBatch
+from selfsup.pipelines.data.loaders import TrainLoader, ViewBatch, global_positions
 from selfsup.pipelines.runtime.engines import Engine, build_engine
 from selfsup.pipelines.runtime.seeding import derive_seed, seed_everything
 from selfsup.pipelines.runtime.stopping import StopRequest
@@ -80,7 +80,7 @@ from selfsup.pipelines.train.throughput import Throughput, count_step_flops
 from selfsup.pipelines.train.visuals import augmentation_grid, log_reconstructions
 from selfsup.ssl.classifier import Labelled
 from selfsup.ssl.distill import FrozenTeacher
-from selfsup.ssl.method import METHODS
+from selfsup.ssl.method import METHODS, KeyedViews
 from selfsup.ssl.outputs import StepOutput
 from selfsup.ssl.sparsity import fold_mask_keys
 
@@ -176,7 +176,7 @@ def build_setup(config: RunConfig, engine: Engine, parts: PartsFactory) -> Train
             f"train.grad_accum_steps={accum}; lower train.grad_accum_steps or data.batch_size"
         )
     total = config.train.max_steps or config.train.epochs * per_epoch
-    flops = _step_flops(built.model, config, accum) if built.count_flops else None
+    flops = _step_flops(built.model, config, accum, built.keyed) if built.count_flops else None
     hooks = attach_hooks(HookContext(config, built.model, total, per_epoch, engine))
     global_batch = config.data.batch_size * engine.world_size * accum
     return TrainingSetup(built, hooks, accum, per_epoch, total, global_batch, flops)
@@ -472,7 +472,10 @@ class Trainer:
                 grid = augmentation_grid(views, data.mean, data.std)
                 self.monitor.add_image("train/augmentations", grid, step)
                 self.preview = views[0][:8].clone()
-            if self.parts.inputs is None:
+            if self.parts.keyed:
+                where = global_positions(engine.rank, engine.world_size, i, len(batch.labels))
+                yield KeyedViews(views, seed, step, where)
+            elif self.parts.inputs is None:
                 yield views
             else:
                 yield self.parts.inputs(views, batch.labels.to(engine.device), batch_seed)
@@ -580,6 +583,8 @@ class TrainParts:
     export: Callable[[Trainer, dict[str, torch.Tensor]], Path] | None = None
     count_flops: bool = True  # the method's FLOPs per step, for MFU
     reconstructs: bool = False  # the model draws reconstructions (MethodSpec.reconstructs)
+    keyed: bool = False  # the model takes KeyedViews (MethodSpec.keyed)
+    evaluates: str = "backbone."  # the exported backbone's prefix (MethodSpec.evaluates)
     label: str | None = None  # what the start-up log line calls the objective (the method)
     # Extra meta.json / summary.json entries (a distillation's teacher), and a
     # check of a checkpoint's meta.json before resuming from it.
@@ -600,6 +605,8 @@ def pretraining_parts(config: RunConfig, engine: Engine) -> TrainParts:
         augment=build_augment(config),
         inputs=with_labels if spec.uses_labels else None,
         reconstructs=spec.reconstructs,
+        keyed=spec.keyed,
+        evaluates=spec.evaluates,
     )
     return with_teacher_checks(parts, teacher)
 
@@ -617,22 +624,26 @@ def with_labels(views: list[torch.Tensor], labels: torch.Tensor, seed: int) -> L
     return Labelled(views, labels)
 
 
-def _step_flops(model: nn.Module, config: RunConfig, accum: int) -> float | None:
-    """FLOPs of one optimizer step on one process (all its micro-batches), on a meta copy."""
-    size, views = config.data.image_size, config.augment.num_views
-    flops = count_step_flops(
-        model,
-        lambda device: [torch.zeros(config.data.batch_size, 3, size, size, device=device)] * views,
-    )
+def _step_flops(
+    model: nn.Module, config: RunConfig, accum: int, keyed: bool = False
+) -> float | None:
+    """FLOPs of one optimizer step on one process (all its micro-batches), on a meta copy;
+    ``keyed``: the model takes KeyedViews."""
+    size, views, batch = config.data.image_size, config.augment.num_views, config.data.batch_size
+
+    def inputs(device: torch.device) -> Any:
+        images = [torch.zeros(batch, 3, size, size, device=device)] * views
+        return KeyedViews(images, 0, 0, torch.arange(batch)) if keyed else images
+
+    flops = count_step_flops(model, inputs)
     return None if flops is None else flops * accum
 
 
 def export_backbone_file(trainer: Trainer, state: dict[str, torch.Tensor]) -> Path:
     """The pretraining export: the backbone's trunk as ``backbone.pt`` and ``.safetensors``."""
     config, run_dir = trainer.config, trainer.run_dir
-    trunk = {
-        k[len("backbone.trunk.") :]: v for k, v in state.items() if k.startswith("backbone.trunk.")
-    }
+    prefix = f"{trainer.parts.evaluates}trunk."  # I-JEPA: its target encoder's
+    trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     info = info_from_config(config, str(run_dir / BACKBONE_FILE), run_dir, trainer.state.step)
     save_backbone(run_dir / BACKBONE_FILE, trunk, info)
     save_backbone(run_dir / BACKBONE_SAFETENSORS, trunk, info)  # the same, carrying no code

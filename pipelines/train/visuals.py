@@ -4,7 +4,8 @@
   image, each column one augmented view (after normalisation is undone);
 - ``reconstruction/{original,masked,output}``: every ``train.image_every``
   steps for MAE and SimMIM, the same few images with the same mask each time,
-  so the panels show the reconstructions improving.
+  so the panels show the reconstructions improving; ``masks/{original,context,
+  targets}`` for I-JEPA (what the context encoder sees, what is predicted).
 
 Drawing the masks uses a generator state of its own and the model runs in eval
 mode (BatchNorm statistics untouched), so logging images never changes
@@ -60,7 +61,10 @@ def log_reconstructions(
             panels = model.reconstruct(images)  # type: ignore[operator]  # can_reconstruct checked
     finally:
         model.train(was_training)
-    named = {"original": images, "masked": panels["masked"], "output": panels["reconstruction"]}
+    # A method names its panels (I-JEPA: its masks); MAE's and SimMIM's keep their tags.
+    group = getattr(model, "panel_group", "reconstruction")
+    renamed = {"reconstruction": "output"}
+    named = {"original": images, **{renamed.get(k, k): v for k, v in panels.items()}}
     for name, batch in named.items():
         grid = make_grid(denormalize(batch, mean, std).cpu(), nrow=PREVIEW_IMAGES, padding=2)
-        monitor.add_image(f"reconstruction/{name}", grid, step)
+        monitor.add_image(f"{group}/{name}", grid, step)

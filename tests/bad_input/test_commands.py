@@ -31,6 +31,13 @@ def _train_over(*extra: str) -> Case:
     ]  # fmt: skip
 
 
+def _new_run(recipe: str, *extra: str) -> Case:
+    """Start a new run of ``configs/RECIPE.yaml`` in the scratch folder with ``extra``."""
+    return lambda run, scratch, base: [
+        "train", str(Path(DEMO).parent / f"{recipe}.yaml"), f"run_dir={scratch / recipe}", *extra,
+    ]  # fmt: skip
+
+
 _write = replace  # a new file, never through a link shared with the finished run
 
 
@@ -69,11 +76,43 @@ CASES: dict[str, tuple[Case, str]] = {
         "holds checkpoints of another model (method.proj_hidden_dim: 64 -> 32)",
     ),
     "online linear classifier on simmim": (
+        _new_run("simmim_resnet18_cifar10", "monitor.linear=true"),
+        "method.name=simmim does not give (distill, ijepa, mae, simclr do): set "
+        "monitor.linear=false",
+    ),
+    "ijepa on zero-3": (
+        _new_run("ijepa_vit_tiny_cifar10", "train.engine=deepspeed", "train.zero_stage=3"),
+        "which DeepSpeed ZeRO-3 cannot gather: use train.zero_stage=2 (or 0/1), or "
+        "train.engine=fsdp",
+    ),
+    "ijepa on class-token features": (
+        _new_run("ijepa_vit_tiny_cifar10", "model.pool=token"),
+        "method.name=ijepa is evaluated on the average of its patch tokens, as in the paper: "
+        "set model.pool=avg, not model.pool=token",
+    ),
+    "ijepa on a resnet": (
+        _new_run("ijepa_vit_tiny_cifar10", "model.backbone=resnet18"),
+        "method.name=ijepa needs a ViT backbone (vit_tiny, vit_small, vit_base), not "
+        "model.backbone=resnet18",
+    ),
+    "ijepa momentum above one": (
+        _new_run("ijepa_vit_tiny_cifar10", "method.momentum_end=1.5"),
+        "config key 'method.momentum_end' must be within [0, 1], got 1.5",
+    ),
+    "ijepa with sparsity": (
+        _new_run("ijepa_vit_tiny_cifar10", "sparsity.target=0.5"),
+        "sparsity is not available for momentum methods; prune the exported encoder",
+    ),
+    "export the target of a run without one": (
         lambda run, scratch, base: [
-            *("train", str(Path(DEMO).parent / "simmim_resnet18_cifar10.yaml")),
-            *(f"run_dir={scratch / 'simmim'}", "monitor.linear=true"),
+            "checkpoint",
+            "export",
+            str(run),
+            str(scratch / "t.pt"),
+            "--which",
+            "target",
         ],
-        "method.name=simmim does not give (distill, mae, simclr do): set monitor.linear=false",
+        "method simclr has no momentum target encoder; --which target is for methods with one",
     ),
     "monitor without a test split": (
         lambda run, scratch, base: [

@@ -231,9 +231,14 @@ class Engine:
             optim_state_dict=state["optim"],
         )
 
+    def held(self, parameter: torch.Tensor) -> torch.Tensor:
+        """The part of ``parameter`` this process holds (all of it here; a shard where the
+        engine shards), detached: what a momentum update or a finiteness check reads."""
+        return parameter.detach()
+
     def weights_finite(self) -> bool:
         """Whether every parameter this process holds is finite (one device sync)."""
-        return all_finite(p.detach() for p in self.unwrap().parameters())
+        return all_finite(self.held(p) for p in self.unwrap().parameters())
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's tensors on CPU, on the main process (collective)."""

@@ -46,7 +46,7 @@ from torch import nn
 from selfsup.errors import CheckpointError, ConfigError, DependencyError, one_line
 from selfsup.pipelines.checkpoint.background import BackgroundWriter
 from selfsup.pipelines.checkpoint.untrusted import deepspeed_reads
-from selfsup.pipelines.runtime.engines.base import Engine, all_finite
+from selfsup.pipelines.runtime.engines.base import Engine
 from selfsup.pipelines.runtime.engines.collectives import ProcessGroupCollectives
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -221,9 +221,9 @@ class DeepSpeedEngine(ProcessGroupCollectives, Engine):
         if loaded is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint in {path}")
 
-    def weights_finite(self) -> bool:
+    def held(self, parameter: torch.Tensor) -> torch.Tensor:
         # ZeRO-3 keeps each rank's share of a parameter in ds_tensor.
-        return all_finite(getattr(p, "ds_tensor", p).detach() for p in self.unwrap().parameters())
+        return getattr(parameter, "ds_tensor", parameter).detach()
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         if self.zero_stage == 3:

@@ -40,7 +40,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 from selfsup.pipelines.checkpoint.background import BackgroundWriter
-from selfsup.pipelines.runtime.engines.base import Engine, all_finite
+from selfsup.pipelines.runtime.engines.base import Engine
 from selfsup.pipelines.runtime.engines.collectives import (
     ProcessGroupCollectives,
     broadcast_buffers,
@@ -166,8 +166,8 @@ class FSDPEngine(ProcessGroupCollectives, Engine):
         broadcast_buffers(self.unwrap())
         return super().save_model_and_optimizer(path, writer)
 
-    def weights_finite(self) -> bool:
-        return all_finite(_local(p.detach()) for p in self.unwrap().parameters())
+    def held(self, parameter: torch.Tensor) -> torch.Tensor:
+        return _local(parameter.detach())  # this rank's shard of the DTensor
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

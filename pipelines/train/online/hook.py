@@ -43,6 +43,7 @@ from selfsup.pipelines.train.online.settings import MONITOR, MonitorConfig
 from selfsup.pipelines.train.online.subsets import HeldImages, embed, evaluating, hold_subset
 from selfsup.ssl.embedding_quality import alignment, normalized_std, rankme, uniformity
 from selfsup.ssl.knn import knn_accuracy
+from selfsup.ssl.method import METHODS
 from selfsup.ssl.outputs import StepOutput
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class OnlineMonitor(TrainingHook):
         config, self.engine = context.config, context.engine
         self.settings: MonitorConfig = config.monitor
         settings, probe = self.settings, config.probe
-        self.backbone = find_backbone(context.model)
+        # The backbone its method is evaluated on (I-JEPA: the target), as the probe reads.
+        self.backbone = find_backbone(context.model, METHODS.get(config.method.name).evaluates)
         self.every = settings.every_steps or context.steps_per_epoch
         self.total_steps = context.total_steps
         self.k = settings.knn_k or probe.knn_k

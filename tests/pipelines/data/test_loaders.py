@@ -7,6 +7,7 @@ from selfsup.pipelines.data.loaders import (
     TorchvisionTrainLoader,
     ViewSpec,
     eval_loader,
+    global_positions,
 )
 
 
@@ -103,3 +104,23 @@ def test_eval_loader_resizes_and_keeps_order(datagen, tmp_path):
     out, out_labels = zip(*loader, strict=True)
     assert torch.cat(out).shape == (6, 3, 32, 32)
     assert torch.cat(out_labels).tolist() == labels.tolist()
+
+
+def test_global_positions_name_the_same_samples_on_any_number_of_ranks_and_micro_batches():
+    # A step of 8 samples: 1 rank x 1 batch of 8, 2 ranks x 4, 2 ranks x 2 micro-batches of 2.
+    def step_samples(world: int, accum: int, step: int) -> dict[int, int]:
+        size = 8 // (world * accum)
+        named = {}
+        for rank in range(world):
+            order = ResumableSampler(40, world, rank, seed=3).epoch_indices(0)
+            for k in range(accum):
+                start = (step * accum + k) * size
+                where = global_positions(rank, world, k, size)
+                named.update(zip(where.tolist(), order[start : start + size].tolist(), strict=True))
+        return named
+
+    for step in range(2):
+        one = step_samples(1, 1, step)
+        assert sorted(one) == list(range(8))
+        assert step_samples(2, 1, step) == one
+        assert step_samples(2, 2, step) == one
