@@ -239,9 +239,9 @@ def test_ijepa_target_encoder_resumes_bitwise_after_sigkill(engine, base, tmp_pa
         # killed and relaunched DDP run must equal it bit for bit.
         reference += [*monitor(40, 30), "monitor.every_steps=4", "train.image_every=4",
                       "train.engine=fsdp"]  # fmt: skip
-    # One process: beside the killed run, on a port of its own (DeepSpeed opens a process
-    # group); two torchrun launches at once would meet on one port: first, then.
-    started = launch(nproc, reference, torchrun, IJEPA, {"MASTER_PORT": "29611"})
+    # One process: beside the killed run (each on a port of its own: DeepSpeed opens a
+    # process group); two torchrun launches at once would meet on one port: first, then.
+    started = launch(nproc, reference, torchrun, IJEPA)
     if torchrun:
         finish(started)
     uninterrupted = (lambda: None) if torchrun else partial(finish, started)

@@ -76,7 +76,18 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1)
     if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and ntasks > 1:
         return _slurm_env()
-    return DistEnv()
+    return DistEnv(master_port=_lone_port(env))
+
+
+def _lone_port(env: Mapping[str, str]) -> int:
+    """A process alone in its group (one-process DeepSpeed) rendezvouses with itself:
+    ``MASTER_PORT`` when set, else any free loopback port, so two such runs on one
+    machine (or a relaunch while the old socket lingers) never meet on 29500."""
+    if env.get("MASTER_PORT"):
+        return int(env["MASTER_PORT"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _slurm_env() -> DistEnv:

@@ -19,20 +19,14 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 def launch(
-    nproc: int,
-    overrides: list[str],
-    torchrun: bool = True,
-    config: str = DEMO,
-    extra_env: dict[str, str] | None = None,
+    nproc: int, overrides: list[str], torchrun: bool = True, config: str = DEMO
 ) -> subprocess.Popen:
-    """``selfsup train CONFIG`` under torchrun, or (``torchrun=False``, one process) on its own;
-    ``extra_env``: e.g. another ``MASTER_PORT`` for a second one-process run beside one."""
+    """``selfsup train CONFIG`` under torchrun, or (``torchrun=False``, one process) on its own."""
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
     }
     launcher = [
         "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

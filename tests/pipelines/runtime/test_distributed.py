@@ -33,6 +33,9 @@ def test_an_srun_task_is_read_through_submitit(monkeypatch):
 
 def test_a_lone_process_and_the_batch_script_are_single():
     assert detect_env({}).launcher == "single"
+    # Its own free port (two one-process DeepSpeed runs side by side), or MASTER_PORT.
+    assert detect_env({}).master_port != 29500
+    assert detect_env({"MASTER_PORT": "29613"}).master_port == 29613
     # The batch script of a 4-task job is one process (no step id): not distributed.
     assert not detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}).distributed
 
